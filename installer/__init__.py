@@ -1,0 +1,1 @@
+"""pycni-installer: puts the plugins and the conflist on a node."""

@@ -1,0 +1,1 @@
+"""pycni CNI plugins: the protocol core and one module per plugin."""

@@ -1,0 +1,60 @@
+"""What a pycni plugin is: a config loader and one method per verb."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, FrozenSet, Optional
+
+from .config import NetConf
+from .delegate import IpamDelegate
+from .env import Invocation
+from .errors import INVALID_CONFIG, CNIError
+from .log import EventLog
+from .result import Result
+
+
+@dataclass
+class Context:
+    """Everything one invocation knows; passed to the plugin's verb methods."""
+
+    inv: Invocation
+    conf: NetConf
+    config: Any  # the plugin's own typed config, from Plugin.load_config
+    stdin: bytes
+    log: EventLog
+    ipam: Optional[IpamDelegate]
+
+    def require_ipam(self) -> IpamDelegate:
+        if self.ipam is None:
+            raise CNIError(INVALID_CONFIG, "ipam: no IPAM plugin configured")
+        return self.ipam
+
+
+class Plugin:
+    """Base class: plugins override what they do; STATUS and GC forward to IPAM by default."""
+
+    name = "pycni"
+    # False for IPAM plugins, whose `ipam` key is their own config rather than a delegate.
+    delegates_ipam = True
+    # CNI_ARGS keys this plugin (or its IPAM delegate) understands, beyond the Kubernetes ones.
+    known_args: FrozenSet[str] = frozenset()
+
+    def load_config(self, conf: NetConf) -> Any:
+        """Decode and check the plugin's own keys; raise CNIError(7) naming a bad key."""
+        return conf
+
+    def add(self, ctx: Context) -> Result:
+        raise NotImplementedError
+
+    def delete(self, ctx: Context) -> None:
+        raise NotImplementedError
+
+    def check(self, ctx: Context) -> None:
+        raise NotImplementedError
+
+    def status(self, ctx: Context) -> None:
+        if ctx.ipam:
+            ctx.ipam.status()
+
+    def gc(self, ctx: Context) -> None:
+        if ctx.ipam:
+            ctx.ipam.gc()

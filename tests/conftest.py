@@ -1,0 +1,62 @@
+"""Fixtures shared by every tier: built zipapps, network namespaces that always get removed."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Callable, Iterator, List
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from helpers import ROOT, sh, unique  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def plugin_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A private bytecode cache for the zipapps this session runs."""
+    path = tmp_path_factory.mktemp("pycni-cache")
+    path.chmod(0o755)
+    os.environ["PYCNI_CACHE_DIR"] = str(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def bin_dir(tmp_path_factory: pytest.TempPathFactory, plugin_cache_dir: Path) -> Path:
+    """The four zipapps, freshly built from this tree."""
+    out = tmp_path_factory.mktemp("bin")
+    subprocess.run([sys.executable, str(ROOT / "zipapp" / "build.py"), "--out", str(out)],
+                   check=True, stdout=subprocess.DEVNULL)
+    return out
+
+
+@pytest.fixture
+def make_netns() -> Iterator[Callable[[], str]]:
+    """Factory for uniquely named network namespaces, deleted after the test (with their links)."""
+    made: List[str] = []
+
+    def make(prefix: str = "pt") -> str:
+        name = unique(prefix)
+        sh("ip", "netns", "add", name)
+        sh("ip", "-n", name, "link", "set", "lo", "up")
+        made.append(name)
+        return name
+
+    yield make
+    for name in made:
+        sh("ip", "netns", "del", name, check=False)
+
+
+@pytest.fixture
+def netns(make_netns: Callable[[], str]) -> str:
+    return make_netns()
+
+
+@pytest.fixture
+def host_links() -> Iterator[List[str]]:
+    """Names of host links a test creates; each is deleted afterwards if still there."""
+    names: List[str] = []
+    yield names
+    for name in names:
+        sh("ip", "link", "del", name, check=False)

@@ -1,0 +1,65 @@
+"""Shared test helpers: unique names, network namespaces, running built plugins like a runtime."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import uuid
+from pathlib import Path
+from typing import Any, Dict, Mapping, Optional, Tuple
+
+ROOT = Path(__file__).resolve().parent.parent
+REFERENCE_BIN = Path("/usr/lib/cni")
+NODE_PYTHON = "/usr/bin/python3"
+# What a container runtime gives a plugin: a bare environment, run from "/".
+RUNTIME_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+def unique(prefix: str = "t") -> str:
+    """A short unique name, safe as a netns, link (<= 15 chars with prefix <= 6) or network name."""
+    return f"{prefix}{uuid.uuid4().hex[:8]}"
+
+
+def sh(*cmd: str, check: bool = True, input: Optional[bytes] = None) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, check=check, input=input, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def netns_path(name: str) -> str:
+    return f"/var/run/netns/{name}"
+
+
+def in_netns(ns: str, *cmd: str, check: bool = True) -> subprocess.CompletedProcess:
+    return sh("ip", "netns", "exec", ns, *cmd, check=check)
+
+
+def link_exists(name: str, ns: Optional[str] = None) -> bool:
+    cmd = ("ip", "link", "show", "dev", name)
+    proc = in_netns(ns, *cmd, check=False) if ns else sh(*cmd, check=False)
+    return proc.returncode == 0
+
+
+def plugin_env(command: str, netns: str = "", container_id: str = "", ifname: str = "eth0",
+               args: str = "", cni_path: str = "", extra: Optional[Mapping[str, str]] = None) -> Dict[str, str]:
+    env = {"CNI_COMMAND": command, "PATH": RUNTIME_PATH}
+    for key, value in (("CNI_NETNS", netns), ("CNI_CONTAINERID", container_id), ("CNI_IFNAME", ifname),
+                       ("CNI_ARGS", args), ("CNI_PATH", cni_path)):
+        if value:
+            env[key] = value
+    for key in ("PYCNI_CACHE_DIR",):
+        if key in os.environ:
+            env[key] = os.environ[key]
+    env.update(extra or {})
+    return env
+
+
+def exec_plugin(binary: os.PathLike, env: Mapping[str, str], stdin: Any) -> Tuple[Any, int, str]:
+    """Exec a plugin binary as a runtime would; returns (parsed stdout or None, exit code, stderr)."""
+    data = stdin if isinstance(stdin, bytes) else json.dumps(stdin).encode()
+    proc = subprocess.run([str(binary)], input=data, env=dict(env), cwd="/",
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=120)
+    out = proc.stdout.decode()
+    try:
+        parsed = json.loads(out) if out.strip() else None
+    except ValueError:
+        raise AssertionError(f"plugin printed non-JSON on stdout: {out!r}; stderr: {proc.stderr.decode()}")
+    return parsed, proc.returncode, proc.stderr.decode()

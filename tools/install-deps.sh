@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Install what pycni's build, tests, demo and benchmarks need on a fresh Debian machine.
+# Idempotent and quick when everything is already there.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+APT_PACKAGES=(iproute2 nftables iptables containernetworking-plugins dnsmasq-base
+              iputils-ping dnsutils procps psmisc)
+PYTHON=${PYTHON:-python3}
+
+missing=()
+for pkg in "${APT_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "install-deps: apt packages: ${missing[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if ! "$PYTHON" -c "import pycni.plugins, pyroute2, dnslib, kubernetes, yaml, requests, pytest, xdist" 2>/dev/null; then
+    echo "install-deps: pip install -e .[test]"
+    "$PYTHON" -m pip install -q --disable-pip-version-check -e ".[test]" 2>&1 | grep -v "^WARNING: Location" || true
+fi

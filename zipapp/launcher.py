@@ -1,0 +1,53 @@
+# pycni zipapp launcher: the archive's __main__.py (build.py fills in the two names below).
+# Kept to syntax every Python can parse, so an unsupported interpreter gets a clear
+# message instead of a SyntaxError.
+import sys
+
+PLUGIN = "@PLUGIN@"
+BUILD_ID = "@BUILD_ID@"
+MINIMUM = (3, 9)
+
+if sys.version_info < MINIMUM:
+    found = sys.version.split()[0]
+    message = "%s: pycni plugins need CPython >= 3.9 on the node; %s is Python %s" % (
+        PLUGIN, sys.executable or "python3", found)
+    sys.stderr.write(message + "\n")
+    sys.stdout.write('{"cniVersion": "1.1.0", "code": 999, "msg": "%s"}\n' % message.replace('"', "'"))
+    sys.exit(1)
+
+
+def _trusted(path):
+    """A cache dir is used only when nobody but us could have written into it."""
+    import os
+
+    try:
+        st = os.stat(path)
+    except OSError:
+        return False
+    return st.st_uid == os.geteuid() and not st.st_mode & 0o022
+
+
+def _payload_dir():
+    """The unpacked, byte-compiled payload for this build and interpreter, or None."""
+    import os
+
+    base = os.environ.get("PYCNI_CACHE_DIR") or "/var/cache/pycni"
+    target = os.path.join(base, "%s-%s-%s" % (PLUGIN, BUILD_ID, sys.implementation.cache_tag))
+    if _trusted(base) and _trusted(target):
+        return target
+    from _pycni_unpack import unpack
+
+    return unpack(sys.path[0], base, target)
+
+
+def _main():
+    archive = sys.path[0]
+    payload = _payload_dir()
+    # Without a usable cache, import straight from the archive: slower, but it works.
+    sys.path[0] = payload or archive + "/payload"
+    from pycni.plugins.entry import main
+
+    main(PLUGIN)
+
+
+_main()
