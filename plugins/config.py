@@ -153,7 +153,8 @@ def parse_netconf(stdin: bytes) -> NetConf:
         raise CNIError(INVALID_CONFIG, "network config has no plugin type")
     runtime_config = _typed(raw, "runtimeConfig", dict, {})
     args = _typed(raw, "args", dict, {})
-    cni_args = args.get("cni") or {}
+    cni_args = args.get("cni")
+    cni_args = {} if cni_args is None else cni_args
     if not isinstance(cni_args, dict):
         raise CNIError(INVALID_CONFIG, f"args.cni: expected object, got {cni_args!r}")
     ipam = _typed(raw, "ipam", dict, {})

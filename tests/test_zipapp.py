@@ -1,0 +1,121 @@
+"""The one-file executables: any CPython >= 3.9, runtime-like conditions, a safe bytecode cache."""
+from __future__ import annotations
+
+import glob
+import json
+import os
+import shutil
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from helpers import ROOT, RUNTIME_PATH
+from pycni.plugins.versions import SUPPORTED_VERSIONS
+
+PLUGINS = ["pycni-bridge", "pycni-macvlan", "pycni-host-local", "pycni-dns"]
+
+
+def pyenv_python(minor: str) -> str:
+    found = sorted(glob.glob(f"/root/.pyenv/versions/{minor}.*/bin/python3"))
+    if not found:
+        pytest.skip(f"no Python {minor} under pyenv on this machine")
+    return found[-1]
+
+
+def version_call(python: str, binary: Path, cache: Path, cwd: str = "/", extra_env=None):
+    env = {"CNI_COMMAND": "VERSION", "PATH": RUNTIME_PATH, "PYCNI_CACHE_DIR": str(cache), **(extra_env or {})}
+    return subprocess.run([python, str(binary)], env=env, cwd=cwd, input=b"",
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=60)
+
+
+@pytest.mark.parametrize("minor", ["3.9", "3.10", "3.11", "3.12", "3.13"])
+def test_version_under_every_supported_python(bin_dir: Path, tmp_path: Path, minor: str) -> None:
+    python = pyenv_python(minor)
+    tmp_path.chmod(0o755)
+    for plugin in PLUGINS:
+        for _ in range(2):  # first run unpacks and compiles, second uses the cache
+            proc = version_call(python, bin_dir / plugin, tmp_path)
+            assert proc.returncode == 0, proc.stderr
+            assert json.loads(proc.stdout)["supportedVersions"] == list(SUPPORTED_VERSIONS)
+    tag = "cpython-3" + minor.split(".")[1]
+    assert len(list(tmp_path.glob(f"*-{tag}"))) == len(PLUGINS)
+
+
+def test_old_python_gets_a_clear_message(bin_dir: Path, tmp_path: Path) -> None:
+    python = pyenv_python("3.8")
+    proc = version_call(python, bin_dir / "pycni-bridge", tmp_path)
+    assert proc.returncode == 1
+    assert b"need CPython >= 3.9" in proc.stderr and b"3.8" in proc.stderr
+    assert b"Traceback" not in proc.stderr and json.loads(proc.stdout)["code"] == 999
+
+
+def test_runs_executable_directly_from_readonly_cwd_without_home(bin_dir: Path, tmp_path: Path) -> None:
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    cache = tmp_path / "cache"
+    subprocess.run(["mount", "--bind", "-o", "ro", str(ro), str(ro)], check=False)
+    try:
+        env = {"CNI_COMMAND": "VERSION", "PATH": RUNTIME_PATH, "PYCNI_CACHE_DIR": str(cache)}
+        proc = subprocess.run([str(bin_dir / "pycni-host-local")], env=env, cwd=str(ro), input=b"",
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        assert proc.returncode == 0, proc.stderr
+        assert json.loads(proc.stdout)["cniVersion"] == "1.1.0"
+        assert list(ro.iterdir()) == []
+    finally:
+        subprocess.run(["umount", str(ro)], check=False)
+
+
+def test_concurrent_first_runs_share_one_complete_cache(bin_dir: Path, tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+
+    def call(_):
+        return version_call("/usr/bin/python3", bin_dir / "pycni-bridge", cache)
+
+    with ThreadPoolExecutor(16) as pool:
+        procs = list(pool.map(call, range(16)))
+    assert all(p.returncode == 0 and json.loads(p.stdout)["cniVersion"] for p in procs), procs
+    entries = sorted(p.name for p in cache.iterdir())
+    assert len(entries) == 1 and not entries[0].startswith(".")  # no temp dirs left behind
+    unpacked = cache / entries[0]
+    assert (unpacked / "pycni" / "plugins" / "__pycache__").is_dir()
+    assert list((unpacked / "pyroute2").rglob("*.pyc")), "dependencies are byte-compiled too"
+
+
+def test_untrusted_cache_dir_is_not_used(bin_dir: Path, tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    cache.mkdir(mode=0o777)
+    cache.chmod(0o777)  # writable by anybody: code planted there must never run
+    proc = version_call("/usr/bin/python3", bin_dir / "pycni-host-local", cache)
+    assert proc.returncode == 0 and json.loads(proc.stdout)["cniVersion"] == "1.1.0"
+    assert list(cache.iterdir()) == []
+
+
+def test_a_new_build_gets_its_own_cache_and_reproducible_builds_are_identical(tmp_path: Path) -> None:
+    out1, out2 = tmp_path / "a", tmp_path / "b"
+    for out in (out1, out2):
+        subprocess.run([sys.executable, str(ROOT / "zipapp" / "build.py"), "--out", str(out), "pycni-host-local"],
+                       check=True, stdout=subprocess.DEVNULL)
+    assert (out1 / "pycni-host-local").read_bytes() == (out2 / "pycni-host-local").read_bytes()
+    # A changed payload (another build) must not reuse the old build's cache.
+    src = tmp_path / "src"
+    shutil.copytree(ROOT / "plugins", src / "plugins")
+    shutil.copytree(ROOT / "zipapp", src / "zipapp")
+    (src / "plugins" / "versions.py").write_text((src / "plugins" / "versions.py").read_text() + "\n# changed\n")
+    subprocess.run([sys.executable, str(src / "zipapp" / "build.py"), "--out", str(out2), "pycni-host-local"],
+                   check=True, stdout=subprocess.DEVNULL)
+    cache = tmp_path / "cache"
+    for out in (out1, out2):
+        assert version_call("/usr/bin/python3", out / "pycni-host-local", cache).returncode == 0
+    assert len(list(cache.iterdir())) == 2
+
+
+def test_version_does_not_import_pyroute2(bin_dir: Path, tmp_path: Path) -> None:
+    env = {"CNI_COMMAND": "VERSION", "PATH": RUNTIME_PATH, "PYCNI_CACHE_DIR": str(tmp_path)}
+    proc = subprocess.run(["/usr/bin/python3", "-X", "importtime", str(bin_dir / "pycni-bridge")], env=env,
+                          input=b"", stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.returncode == 0
+    imported = proc.stderr.decode()
+    assert "pycni.plugins.dispatch" in imported and "pyroute2" not in imported
