@@ -5,30 +5,35 @@ process to this function and other callers (tests, a node server) call it direct
 """
 from __future__ import annotations
 
-import json
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:  # typing costs milliseconds on every exec of VERSION
+TYPE_CHECKING = False  # importing typing costs milliseconds on every exec of VERSION
+if TYPE_CHECKING:
     from typing import Callable, Mapping, Optional, Tuple
 
 from .errors import INCOMPATIBLE_VERSION, INTERNAL, INVALID_ENVIRONMENT, CNIError
-from .versions import CURRENT_VERSION, at_least, version_info
+from .versions import CURRENT_VERSION, SUPPORTED_VERSIONS, at_least
 
 PluginLoader = "Callable[[], object]"
 
 
 def _dump(obj: dict) -> bytes:
+    import json  # not at module level: VERSION, the most frequent call, needs no json
+
     return json.dumps(obj, indent=4).encode() + b"\n"
+
+
+def _version_output() -> bytes:
+    versions = ", ".join(f'"{v}"' for v in SUPPORTED_VERSIONS)
+    return f'{{"cniVersion": "{CURRENT_VERSION}", "supportedVersions": [{versions}]}}\n'.encode()
 
 
 def _error_version(stdin: bytes) -> str:
     """The version to print an error at: the config's when it is readable and supported."""
+    import json
+
     try:
         version = json.loads(stdin).get("cniVersion")
     except Exception:
         return CURRENT_VERSION
-    from .versions import SUPPORTED_VERSIONS
-
     return version if version in SUPPORTED_VERSIONS else CURRENT_VERSION
 
 
@@ -38,7 +43,7 @@ def run(load_plugin: PluginLoader, environ: Mapping[str, str], stdin: bytes,
     log = None
     try:
         if environ.get("CNI_COMMAND") == "VERSION":
-            return _dump(version_info()), 0
+            return _version_output(), 0
         return _run_verb(load_plugin, environ, stdin, runner)
     except CNIError as err:
         return _dump(err.to_dict(_error_version(stdin))), 1

@@ -5,9 +5,8 @@ the JSON object the spec defines, printed on stdout with a non-zero exit.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:  # typing costs milliseconds on every exec of VERSION
+TYPE_CHECKING = False  # importing typing costs milliseconds on every exec of VERSION
+if TYPE_CHECKING:
     from typing import Any, Dict
 
 INCOMPATIBLE_VERSION = 1

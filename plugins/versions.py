@@ -1,9 +1,8 @@
 """CNI spec versions: what pycni speaks and what each version allows."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:  # typing costs milliseconds on every exec of VERSION
+TYPE_CHECKING = False  # importing typing costs milliseconds on every exec of VERSION
+if TYPE_CHECKING:
     from typing import Iterable, Optional, Tuple
 
 from .errors import INCOMPATIBLE_VERSION, CNIError

@@ -1,0 +1,76 @@
+"""Timing helpers for the benchmarks: run commands many times, report medians and ratios.
+
+Benchmarks are not tests: they print figures, they do not assert them. Each
+compares pycni with the Go reference plugins (/usr/lib/cni) in the same run,
+because absolute times drift on a shared machine while ratios hold.
+"""
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Dict, List, Mapping, Optional, Sequence
+
+ROOT = Path(__file__).resolve().parent.parent
+DIST_BIN = ROOT / "dist" / "bin"
+REFERENCE_BIN = Path("/usr/lib/cni")
+NODE_PYTHON = "/usr/bin/python3"
+RUNTIME_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"  # /usr/bin/python3 first, as on a node
+
+
+def runtime_env(command: str, **cni: str) -> Dict[str, str]:
+    """A container runtime's bare environment for one plugin call."""
+    env = {"CNI_COMMAND": command, "PATH": RUNTIME_PATH}
+    env.update({f"CNI_{k.upper()}": v for k, v in cni.items() if v})
+    if "PYCNI_CACHE_DIR" in os.environ:
+        env["PYCNI_CACHE_DIR"] = os.environ["PYCNI_CACHE_DIR"]
+    return env
+
+
+def exec_plugin(binary: Path, env: Mapping[str, str], stdin: bytes) -> bytes:
+    proc = subprocess.run([str(binary)], input=stdin, env=dict(env), cwd="/",
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{binary.name} {env.get('CNI_COMMAND')} failed: {proc.stdout!r} {proc.stderr!r}")
+    return proc.stdout
+
+
+def time_runs(fn: Callable[[], object], runs: int, warmup: int = 2) -> List[float]:
+    """Wall times in milliseconds of `runs` calls after `warmup` untimed ones."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1000)
+    return times
+
+
+def median(times: Sequence[float]) -> float:
+    return statistics.median(times)
+
+
+def report(title: str, rows: Dict[str, List[float]], baseline: Optional[str] = None) -> None:
+    """Print one table: median, p10, p90 (ms) and each row's ratio to `baseline`."""
+    print(f"\n== {title}")
+    base = median(rows[baseline]) if baseline else None
+    for name, times in rows.items():
+        q = statistics.quantiles(times, n=10) if len(times) >= 2 else [times[0]] * 9
+        ratio = f"  x{median(times) / base:.2f} vs {baseline}" if base and name != baseline else ""
+        print(f"  {name:<42} median {median(times):8.2f} ms  p10 {q[0]:8.2f}  p90 {q[-1]:8.2f}  (n={len(times)}){ratio}")
+    sys.stdout.flush()
+
+
+def require_built(*names: str) -> None:
+    missing = [n for n in names if not (DIST_BIN / n).exists()]
+    if missing:
+        sys.exit(f"build the zipapps first (make zipapps): missing {missing}")
+
+
+def as_json(data: object) -> bytes:
+    return json.dumps(data).encode()
