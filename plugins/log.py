@@ -29,7 +29,8 @@ class EventLog:
     def event(self, name: str, level: str = "info", **fields: Any) -> None:
         if not self.path or LEVELS.get(level, 20) < self.threshold:
             return
-        record = {"ts": round(time.time(), 6), "level": level, "event": name, **self.context, **fields}
+        record = {"ts": round(time.time(), 6), "level": level, "event": name, "pid": os.getpid(),
+                  **self.context, **fields}
         line = (json.dumps(record, default=str, separators=(",", ":")) + "\n").encode()
         try:
             fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)

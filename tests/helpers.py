@@ -45,7 +45,7 @@ def plugin_env(command: str, netns: str = "", container_id: str = "", ifname: st
                        ("CNI_ARGS", args), ("CNI_PATH", cni_path)):
         if value:
             env[key] = value
-    for key in ("PYCNI_CACHE_DIR",):
+    for key in ("PYCNI_CACHE_DIR", "PYCNI_SERVER_SOCKET"):
         if key in os.environ:
             env[key] = os.environ[key]
     env.update(extra or {})

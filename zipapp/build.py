@@ -20,7 +20,7 @@ from typing import Dict, Iterator, List, Tuple
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-SHEBANG = b"#!/usr/bin/env python3\n"
+PRELUDE = (HERE / "prelude.sh").read_bytes()  # finds python3, or says clearly that there is none
 FIXED_TIME = (1980, 1, 1, 0, 0, 0)
 
 # The libraries each plugin imports at run time (beyond the standard library).
@@ -53,6 +53,14 @@ def payload_files(plugin: str) -> List[Tuple[str, bytes]]:
     return files
 
 
+def _plugins_code_id() -> str:
+    """buildinfo.code_id, loaded by path: the build must not depend on an installed pycni."""
+    spec = importlib.util.spec_from_file_location("_pycni_buildinfo", ROOT / "plugins" / "buildinfo.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return module.code_id(ROOT / "plugins")
+
+
 def _write(zf: zipfile.ZipFile, name: str, data: bytes) -> None:
     info = zipfile.ZipInfo(name, FIXED_TIME)
     info.external_attr = (stat.S_IFREG | 0o644) << 16
@@ -68,16 +76,19 @@ def build(plugin: str, out_dir: Path) -> Path:
     build_id = digest.hexdigest()[:20]
     launcher = (HERE / "launcher.py").read_text()
     launcher = launcher.replace("@PLUGIN@", plugin).replace("@BUILD_ID@", build_id)
+    launcher = launcher.replace("@CODE_ID@", _plugins_code_id())
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as zf:
         _write(zf, "__main__.py", launcher.encode())
         _write(zf, "_pycni_unpack.py", (HERE / "_pycni_unpack.py").read_bytes())
+        _write(zf, "_pycni_client.py", (HERE / "_pycni_client.py").read_bytes())
+        _write(zf, "_pycni_wire.py", (ROOT / "plugins" / "wire.py").read_bytes())
         for name, data in payload:
             _write(zf, name, data)
     out_dir.mkdir(parents=True, exist_ok=True)
     target = out_dir / plugin
     tmp = out_dir / f".{plugin}.tmp"
-    tmp.write_bytes(SHEBANG + buf.getvalue())
+    tmp.write_bytes(PRELUDE + buf.getvalue())
     tmp.chmod(0o755)
     os.replace(tmp, target)
     return target

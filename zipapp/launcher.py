@@ -1,10 +1,11 @@
-# pycni zipapp launcher: the archive's __main__.py (build.py fills in the two names below).
+# pycni zipapp launcher: the archive's __main__.py (build.py fills in the @NAMES@).
 # Kept to syntax every Python can parse, so an unsupported interpreter gets a clear
 # message instead of a SyntaxError.
 import sys
 
 PLUGIN = "@PLUGIN@"
 BUILD_ID = "@BUILD_ID@"
+CODE_ID = "@CODE_ID@"
 MINIMUM = (3, 9)
 
 if sys.version_info < MINIMUM:
@@ -42,12 +43,17 @@ def _payload_dir():
 
 def _main():
     archive = sys.path[0]
+    stdin = None
+    if __import__("os").environ.get("CNI_COMMAND", "VERSION") != "VERSION":
+        from _pycni_client import handle_via_server
+
+        stdin = handle_via_server(PLUGIN, CODE_ID)  # exits when the node server answered
     payload = _payload_dir()
     # Without a usable cache, import straight from the archive: slower, but it works.
     sys.path[0] = payload or archive + "/payload"
     from pycni.plugins.entry import main
 
-    main(PLUGIN)
+    main(PLUGIN, stdin)
 
 
 _main()
