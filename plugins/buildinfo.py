@@ -13,7 +13,8 @@ from pathlib import Path
 def code_id(plugins_dir: Path) -> str:
     digest = hashlib.sha256()
     for path in sorted(plugins_dir.rglob("*.py")):
-        digest.update(path.relative_to(plugins_dir).as_posix().encode() + b"\0" + hashlib.sha256(path.read_bytes()).digest())
+        name = path.relative_to(plugins_dir).as_posix().encode()
+        digest.update(name + b"\0" + hashlib.sha256(path.read_bytes()).digest())
     return digest.hexdigest()[:20]
 
 

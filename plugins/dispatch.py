@@ -5,12 +5,12 @@ process to this function and other callers (tests, a node server) call it direct
 """
 from __future__ import annotations
 
+from .errors import INCOMPATIBLE_VERSION, INTERNAL, INVALID_ENVIRONMENT, CNIError
+from .versions import CURRENT_VERSION, SUPPORTED_VERSIONS, at_least
+
 TYPE_CHECKING = False  # importing typing costs milliseconds on every exec of VERSION
 if TYPE_CHECKING:
     from typing import Callable, Mapping, Optional, Tuple
-
-from .errors import INCOMPATIBLE_VERSION, INTERNAL, INVALID_ENVIRONMENT, CNIError
-from .versions import CURRENT_VERSION, SUPPORTED_VERSIONS, at_least
 
 PluginLoader = "Callable[[], object]"
 

@@ -20,7 +20,6 @@ import socket
 import struct
 import sys
 import time
-from pathlib import Path
 from typing import Callable, Dict, Mapping, Optional, Tuple
 
 from . import wire

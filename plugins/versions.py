@@ -1,11 +1,11 @@
 """CNI spec versions: what pycni speaks and what each version allows."""
 from __future__ import annotations
 
+from .errors import INCOMPATIBLE_VERSION, CNIError
+
 TYPE_CHECKING = False  # importing typing costs milliseconds on every exec of VERSION
 if TYPE_CHECKING:
     from typing import Iterable, Optional, Tuple
-
-from .errors import INCOMPATIBLE_VERSION, CNIError
 
 SUPPORTED_VERSIONS: "Tuple[str, ...]" = ("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
 CURRENT_VERSION = "1.1.0"

@@ -1,7 +1,6 @@
 """The node server: same answers as an exec, isolation, fallbacks, hostile input, clean restarts."""
 from __future__ import annotations
 
-import json
 import os
 import socket
 import subprocess
