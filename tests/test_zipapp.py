@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import glob
+import os
 import json
 import shutil
 import subprocess
@@ -118,3 +119,48 @@ def test_version_does_not_import_pyroute2(bin_dir: Path, tmp_path: Path) -> None
     assert proc.returncode == 0
     imported = proc.stderr.decode()
     assert "pycni.plugins.dispatch" in imported and "pyroute2" not in imported
+
+
+def test_replacing_the_file_mid_start_with_another_layout_is_harmless(bin_dir: Path, tmp_path: Path) -> None:
+    """An installer renames new builds over the file while runtimes exec it: every start must still work."""
+    import threading
+    import time
+
+    builds = [bin_dir / "pycni-host-local", bin_dir / "pycni-dns"]  # two different zip layouts
+    target = tmp_path / "plugin"
+    env = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "c", "CNI_NETNS": "/x", "CNI_IFNAME": "eth0",
+           "PATH": RUNTIME_PATH, "PYCNI_CACHE_DIR": os.environ["PYCNI_CACHE_DIR"], "PYCNI_SERVER_SOCKET": "off"}
+    stop = time.monotonic() + 6
+    failures: list = []
+    runs = [0]
+
+    def swap() -> None:
+        i = 0
+        while time.monotonic() < stop:
+            tmp = tmp_path / f".plugin.{i}"
+            shutil.copyfile(builds[i % 2], tmp)
+            tmp.chmod(0o755)
+            os.replace(tmp, target)
+            i += 1
+
+    def run() -> None:
+        while time.monotonic() < stop:
+            proc = subprocess.run([str(target)], env=env, input=b"[]", stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            runs[0] += 1
+            try:
+                ok = proc.returncode == 1 and json.loads(proc.stdout)["code"] == 6
+            except ValueError:
+                ok = False
+            if not ok:
+                failures.append((proc.returncode, proc.stdout[-200:], proc.stderr[-300:]))
+
+    shutil.copyfile(builds[0], target)
+    target.chmod(0o755)
+    for build in builds:  # warm both caches: this is about the zip reads, not first-run unpacking
+        subprocess.run([str(build)], env=env, input=b"[]", stdout=subprocess.DEVNULL)
+    threads = [threading.Thread(target=swap)] + [threading.Thread(target=run) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert runs[0] >= 10 and not failures, failures[:3]

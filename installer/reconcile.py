@@ -1,0 +1,203 @@
+"""One sync pass: binaries, then template -> render -> validate -> atomic write. Idempotent."""
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any, Callable, List, Optional, Tuple
+
+from .binaries import BinaryError, BinaryInstaller
+from .fsutil import sha256
+from .health import Status
+from .kube import KubeUnavailable
+from .log import Log
+from .mtu import host_mtu
+from .render import NEEDS_POD_CIDRS, NodeFacts, TemplateError, WaitingForNode, parse_template, \
+    placeholders_used, render
+from .settings import Settings
+from .source_volume import VolumeSource
+from .state import Manifest
+from .validate import ValidationError, validate
+from .writer import ConfWriter
+
+# results of one pass (also the `result` label of pycni_installer_syncs_total)
+WRITTEN, UNCHANGED, REJECTED, WAITING, ERROR = "written", "unchanged", "rejected", "waiting", "error"
+
+
+class Installer:
+    """Owns the sources; `sync()` makes the host match them. Call `start_sources()` once first."""
+
+    def __init__(self, settings: Settings, log: Log, status: Status,
+                 api_factory: Optional[Callable[[], Any]] = None) -> None:
+        self.s = settings
+        self.log = log
+        self.status = status
+        self.api_factory = api_factory
+        self.stop = threading.Event()
+        self.wake = threading.Event()
+        self.binaries = BinaryInstaller(settings.source_dir, settings.bin_dir, log)
+        self.writer = ConfWriter(settings.conf_dir, settings.conf_name, log)
+        self.manifest = Manifest(settings.bin_dir)
+        self.volume: Optional[VolumeSource] = None
+        self.configmap: Any = None  # source_api.ConfigMapSource
+        self.node: Any = None  # nodes.NodeSource
+        self.events: Any = None  # events.EventRecorder
+        self._api: Any = None
+        self._api_error = ""
+        self._last_good: Optional[bytes] = None
+        self._rejected_inputs: set = set()
+        self._mtu: Optional[Tuple[int, str]] = None
+
+    # ---- sources ---------------------------------------------------------------------------
+    def notify(self) -> None:
+        self.wake.set()
+
+    def _restart(self, source: str) -> Callable[[str], None]:
+        return lambda cause: self.status.count("watch_restarts", (source, cause))
+
+    def api(self) -> Any:
+        """The API client, made on first use (None, with the reason kept, when there is no access)."""
+        if self._api is None and not self._api_error:
+            try:
+                if self.api_factory is None:
+                    raise KubeUnavailable("no Kubernetes API access configured")
+                self._api = self.api_factory()
+            except KubeUnavailable as exc:
+                self._api_error = str(exc)
+        return self._api
+
+    def start_sources(self) -> None:
+        s = self.s
+        if s.config_dir is not None:
+            self.volume = VolumeSource(s.config_dir, s.config_key, self.log, self.notify, self.stop).start()
+        if s.watch_api and s.configmap:
+            api = self.api()
+            if api is None:
+                self.log.error("api_unavailable", why=self._api_error)
+            else:
+                from .events import EventRecorder
+                from .source_api import ConfigMapSource
+
+                namespace, name = s.configmap
+                self.configmap = ConfigMapSource(api, namespace, name, s.config_key, self.log, self.notify,
+                                                 self.stop, s.watch_timeout_seconds,
+                                                 self._restart("configmap")).start()
+                self.events = EventRecorder(api, namespace, s.node_name, self.configmap.involved_object,
+                                            self.log)
+
+    def _node_source(self) -> Any:
+        if self.node is None and self.s.node_name and self.api() is not None:
+            from .nodes import NodeSource
+
+            self.node = NodeSource(self.api(), self.s.node_name, self.log, self.notify, self.stop,
+                                   self.s.watch_timeout_seconds, self._restart("node")).start()
+        return self.node
+
+    def template(self) -> Tuple[Optional[str], str]:
+        """(template text or None, where it came from / why there is none)."""
+        cm = self.configmap
+        if cm is not None and cm.synced:
+            text = cm.text()
+            if text is not None or self.volume is None:
+                return text, cm.label if text is not None else f"{cm.label}: no such ConfigMap or key"
+        if self.volume is not None:
+            text = self.volume.text()
+            return text, self.volume.label if text is not None else f"{self.volume.label}: no such file"
+        if cm is not None:
+            return None, f"{cm.label}: not listed yet"
+        return None, "no config source (set --config-dir and/or --configmap)"
+
+    def _facts(self, used: set) -> NodeFacts:
+        if self.s.mtu:
+            mtu = self.s.mtu
+        else:
+            if self._mtu is None:
+                self._mtu = host_mtu()
+                self.log.info("mtu_detected", mtu=self._mtu[0], source=self._mtu[1])
+            mtu = self._mtu[0]
+        cidrs: Optional[List[str]] = None
+        if used & set(NEEDS_POD_CIDRS) and self.s.node_name:
+            node = self._node_source()
+            if node is None:
+                raise TemplateError(f"the config uses podCIDR placeholders, which need the Node object: "
+                                    f"{self._api_error}")
+            cidrs = node.known_cidrs()
+            if cidrs is None:
+                raise WaitingForNode(f"waiting for the first list of node {self.s.node_name}")
+            if not node.exists:
+                raise WaitingForNode(f"waiting for node {self.s.node_name} to be registered")
+        return NodeFacts(self.s.node_name, cidrs, mtu)
+
+    # ---- the pass --------------------------------------------------------------------------
+    def sync(self, why: str) -> str:
+        try:
+            result = self._sync(why)
+        except OSError as exc:  # a host write failed: report, retry at the next pass
+            self.log.error("sync_failed", why=f"{type(exc).__name__}: {exc}")
+            self.status.update(config_ok=False, reason=f"sync failed: {exc}")
+            result = ERROR
+        self.status.count("syncs", result)
+        return result
+
+    def _sync(self, why: str) -> str:
+        try:
+            bins = self.binaries.sync(why)
+        except BinaryError as exc:
+            self.log.error("binaries_failed", why=str(exc))
+            self.status.update(binaries_ok=False, reason=f"binaries not installed: {exc}")
+            return ERROR
+        if bins.copied:
+            with self.status.lock:
+                self.status.binary_copies += len(bins.copied)
+            self.manifest.record_files("binaries", {str(self.s.bin_dir / n): bins.installed[n] for n in bins.copied})
+        self.status.update(binaries_ok=True)
+
+        text, origin = self.template()
+        if text is None:
+            self.status.update(config_ok=False, rejection=None, reason=f"waiting for config: {origin}")
+            self._keep_last_good()
+            return WAITING
+        try:
+            template = parse_template(text)
+            facts = self._facts(placeholders_used(template))
+            rendered = render(template, facts)
+            validate(rendered, self.s.bin_dir)
+        except WaitingForNode as exc:
+            self.status.update(config_ok=False, rejection=None, reason=str(exc))
+            self._keep_last_good()
+            return WAITING
+        except TemplateError as exc:
+            return self._reject(exc.kind, str(exc), text, origin)
+        except ValidationError as exc:
+            return self._reject(exc.kind, exc.message, text, origin)
+
+        written = self.writer.write(rendered, why=f"{why}: from {origin}")
+        digest = sha256(rendered)
+        if written:
+            with self.status.lock:
+                self.status.conflist_writes += 1
+            self.manifest.record_files("conflists", {str(self.writer.path): digest})
+        if self.s.exclusive:
+            self.manifest.record_moved(self.s.conf_dir, self.writer.move_aside_others())
+        self._last_good = rendered
+        self.status.update(config_ok=True, rejection=None, reason="ok", last_success=time.time(),
+                           config_hash=digest)
+        return WRITTEN if written else UNCHANGED
+
+    def _keep_last_good(self) -> None:
+        """Repair our last good file if it vanished from the host while no new config can be made."""
+        if self._last_good is not None and self.writer.write(self._last_good, why="repair: last good config"):
+            with self.status.lock:
+                self.status.conflist_writes += 1
+
+    def _reject(self, kind: str, reason: str, text: str, origin: str) -> str:
+        self._keep_last_good()
+        key = (sha256(text.encode()), reason)
+        self.status.update(rejection=(kind, reason))
+        if key not in self._rejected_inputs:  # count and report each bad input once, not each resync
+            self._rejected_inputs.add(key)
+            self.status.count("rejections", kind)
+            self.log.error("config_rejected", kind=kind, why=reason, source=origin,
+                           kept=str(self.writer.path) if self.writer.current() is not None else None)
+            if self.events is not None:
+                self.events.record("ConfigRejected", reason, dedupe_key=key[0])
+        return REJECTED

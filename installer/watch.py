@@ -1,0 +1,111 @@
+"""List, then watch ONE named object, forever: the informer loop, for a single object.
+
+- list with `fieldSelector=metadata.name=NAME` gives the state and a resourceVersion;
+- watch from that resourceVersion (bookmarks allowed: they only move it forward);
+- a dropped connection or a server-side timeout: watch again from the last
+  resourceVersion seen, after a jittered, growing backoff for failures;
+- 410 Gone (resourceVersion too old): list again.
+Every state reaches `on_change(object dict or None)` (None: the object does not exist).
+"""
+from __future__ import annotations
+
+import json
+import random
+import threading
+from typing import Any, Callable, Dict, Optional
+
+from .log import Log
+
+OnChange = Callable[[Optional[Dict[str, Any]]], None]
+
+
+class Backoff:
+    def __init__(self, first: float = 0.2, cap: float = 10.0) -> None:
+        self.first, self.cap, self.current = first, cap, first
+
+    def next(self) -> float:
+        delay = self.current * random.uniform(0.5, 1.0)
+        self.current = min(self.cap, self.current * 2)
+        return delay
+
+    def reset(self) -> None:
+        self.current = self.first
+
+
+class ObjectWatcher:
+    def __init__(self, label: str, list_func: Callable[..., Any], args: tuple, name: str,
+                 on_change: OnChange, log: Log, stop: threading.Event, watch_timeout: int = 300,
+                 on_restart: Optional[Callable[[str], None]] = None) -> None:
+        self.label = label  # e.g. "configmap kube-system/pycni"
+        self.list_func = list_func
+        self.args = args
+        self.selector = f"metadata.name={name}"
+        self.on_change = on_change
+        self.log = log
+        self.stop = stop
+        self.watch_timeout = watch_timeout
+        self.on_restart = on_restart or (lambda why: None)
+        self.backoff = Backoff()
+        self.rv: Optional[str] = None  # last resourceVersion seen (events and bookmarks); None = list
+        self.thread = threading.Thread(target=self._run, name=f"watch {label}", daemon=True)
+
+    def start(self) -> "ObjectWatcher":
+        self.thread.start()
+        return self
+
+    def _list(self) -> None:
+        resp = self.list_func(*self.args, field_selector=self.selector, _preload_content=False,
+                              _request_timeout=(10, 60))
+        body = json.loads(resp.data)
+        items = body.get("items") or []
+        self.on_change(items[0] if items else None)
+        self.rv = body["metadata"]["resourceVersion"]
+
+    def _watch(self) -> None:
+        """Until the server ends the watch; `self.rv` follows every event, so a drop resumes there."""
+        from kubernetes import watch
+
+        stream = watch.Watch()
+        for event in stream.stream(self.list_func, *self.args, field_selector=self.selector,
+                                   resource_version=self.rv, allow_watch_bookmarks=True,
+                                   timeout_seconds=self.watch_timeout,
+                                   _request_timeout=(10, self.watch_timeout + 30)):
+            obj = event["raw_object"]
+            self.rv = (obj.get("metadata") or {}).get("resourceVersion") or self.rv
+            kind = event["type"]
+            if kind in ("ADDED", "MODIFIED"):
+                self.on_change(obj)
+            elif kind == "DELETED":
+                self.on_change(None)
+            self.backoff.reset()  # the connection works
+            if self.stop.is_set():
+                stream.stop()
+                break
+
+    def _run(self) -> None:
+        from kubernetes.client.exceptions import ApiException
+
+        while not self.stop.is_set():
+            try:
+                if self.rv is None:
+                    self._list()
+                    self.log.info("watch_listed", source=self.label, resource_version=self.rv)
+                self._watch()  # returns at the server-side timeout: watch again
+            except ApiException as exc:
+                if exc.status == 410:
+                    self.log.info("watch_expired", source=self.label, resource_version=self.rv,
+                                  why="410 Gone: resourceVersion too old, listing again")
+                    self.on_restart("gone")
+                    self.rv = None
+                    continue
+                self.on_restart("error")
+                delay = self.backoff.next()
+                self.log.warning("watch_failed", source=self.label, status=exc.status,
+                                 why=str(exc.reason), retry_in=round(delay, 2))
+                self.stop.wait(delay)
+            except Exception as exc:  # connection refused/reset, cut mid-stream, timeouts
+                self.on_restart("dropped")
+                delay = self.backoff.next()
+                self.log.warning("watch_dropped", source=self.label, resource_version=self.rv,
+                                 why=f"{type(exc).__name__}: {exc}", retry_in=round(delay, 2))
+                self.stop.wait(delay)
