@@ -1,8 +1,9 @@
 # pycni: the two commands a fresh machine needs are `make demo` and `make test`.
 PYTHON ?= python3
+PYTEST = $(PYTHON) -m pytest -n 2 -q -p no:cacheprovider -p no:benchmark
 export PYTHONPATH :=
 
-.PHONY: deps zipapps test test-fast demo bench clean
+.PHONY: deps zipapps test test-standalone test-server demo bench manifest clean
 
 deps:
 	@tools/install-deps.sh
@@ -10,8 +11,14 @@ deps:
 zipapps: deps
 	$(PYTHON) zipapp/build.py --out dist/bin
 
-test: deps zipapps
-	$(PYTHON) -m pytest -n 2 -q -p no:cacheprovider tests
+# Every tier runs twice: plugins exec'd standalone, then through a pycni-server node server.
+test: deps zipapps test-standalone test-server
+
+test-standalone:
+	$(PYTEST) tests
+
+test-server:
+	PYCNI_TEST_WITH_SERVER=1 $(PYTEST) -m "not standalone_only" tests
 
 demo: deps zipapps
 	$(PYTHON) tools/demo.py

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any, Callable, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from .binaries import BinaryError, BinaryInstaller
 from .fsutil import sha256
@@ -11,6 +11,7 @@ from .health import Status
 from .kube import KubeUnavailable
 from .log import Log
 from .mtu import host_mtu
+from .nodecheck import NodeChecker, conflist_binaries
 from .render import NEEDS_POD_CIDRS, NodeFacts, TemplateError, WaitingForNode, parse_template, \
     placeholders_used, render
 from .settings import Settings
@@ -21,6 +22,7 @@ from .writer import ConfWriter
 
 # results of one pass (also the `result` label of pycni_installer_syncs_total)
 WRITTEN, UNCHANGED, REJECTED, WAITING, ERROR = "written", "unchanged", "rejected", "waiting", "error"
+BLOCKED = "blocked"  # a plugin binary the config names does not run on this node (nodecheck.py)
 
 
 class Installer:
@@ -37,6 +39,9 @@ class Installer:
         self.binaries = BinaryInstaller(settings.source_dir, settings.bin_dir, log)
         self.writer = ConfWriter(settings.conf_dir, settings.conf_name, log)
         self.manifest = Manifest(settings.bin_dir)
+        self.nodecheck = NodeChecker(settings.bin_dir, settings.host_root, settings.host_root_explicit,
+                                     settings.host_bin_dir, settings.in_pod, settings.binary_check_timeout, log)
+        self.pod_events: Any = None  # events.EventRecorder on this installer's own Pod
         self.volume: Optional[VolumeSource] = None
         self.configmap: Any = None  # source_api.ConfigMapSource
         self.node: Any = None  # nodes.NodeSource
@@ -115,7 +120,9 @@ class Installer:
                 self.log.info("mtu_detected", mtu=self._mtu[0], source=self._mtu[1])
             mtu = self._mtu[0]
         cidrs: Optional[List[str]] = None
-        if used & set(NEEDS_POD_CIDRS) and self.s.node_name:
+        if used & set(NEEDS_POD_CIDRS) and self.s.pod_cidrs:
+            cidrs = list(self.s.pod_cidrs)
+        elif used & set(NEEDS_POD_CIDRS) and self.s.node_name:
             node = self._node_source()
             if node is None:
                 raise TemplateError(f"the config uses podCIDR placeholders, which need the Node object: "
@@ -160,7 +167,7 @@ class Installer:
             template = parse_template(text)
             facts = self._facts(placeholders_used(template))
             rendered = render(template, facts)
-            validate(rendered, self.s.bin_dir)
+            conflist = validate(rendered, self.s.bin_dir)
         except WaitingForNode as exc:
             self.status.update(config_ok=False, rejection=None, reason=str(exc))
             self._keep_last_good()
@@ -169,6 +176,8 @@ class Installer:
             return self._reject(exc.kind, str(exc), text, origin)
         except ValidationError as exc:
             return self._reject(exc.kind, exc.message, text, origin)
+        if not self._binaries_run(conflist):
+            return BLOCKED
 
         written = self.writer.write(rendered, why=f"{why}: from {origin}")
         digest = sha256(rendered)
@@ -182,6 +191,39 @@ class Installer:
         self.status.update(config_ok=True, rejection=None, reason="ok", last_success=time.time(),
                            config_hash=digest)
         return WRITTEN if written else UNCHANGED
+
+    def _binaries_run(self, conflist: Dict[str, Any]) -> bool:
+        """Every binary the conflist names answers VERSION on the node (see nodecheck.py); else report."""
+        report = self.nodecheck.check(conflist_binaries(conflist), conflist["cniVersion"])
+        with self.status.lock:
+            for outcome in report.outcomes:
+                self.status.binary_checks[outcome.plugin] = int(outcome.ok)
+                if not outcome.ok:
+                    self.status.binary_check_failures[outcome.plugin] += 1
+        if report.ok:
+            return True
+        where = f" ({report.where})" if report.where else ""
+        reason = f"plugin binaries do not run on this node{where}: {report.reason()}"
+        kept = self.writer.current() is not None
+        self.status.update(config_ok=False, rejection=None,
+                           reason=f"{reason}; no conflist written" + (" (the existing one stays)" if kept else ""))
+        self.log.error("binary_check_failed", why=reason, kept=str(self.writer.path) if kept else None)
+        for recorder in (self.events, self._pod_recorder()):
+            if recorder is not None:
+                recorder.record("BinaryCheckFailed", f"{reason}; no conflist written", dedupe_key=reason)
+        return False
+
+    def _pod_recorder(self) -> Any:
+        """Events on our own Pod (downward API name/namespace/uid), made on first use when the API is there."""
+        s = self.s
+        if self.pod_events is None and s.pod_name and s.pod_namespace and self.api() is not None:
+            from .events import EventRecorder
+
+            ref = {"kind": "Pod", "apiVersion": "v1", "namespace": s.pod_namespace, "name": s.pod_name}
+            if s.pod_uid:
+                ref["uid"] = s.pod_uid
+            self.pod_events = EventRecorder(self.api(), s.pod_namespace, s.node_name, lambda: ref, self.log)
+        return self.pod_events
 
     def _keep_last_good(self) -> None:
         """Repair our last good file if it vanished from the host while no new config can be made."""

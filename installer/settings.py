@@ -31,6 +31,17 @@ class Settings:
     once_timeout: float
     watch_timeout_seconds: int
     debounce_seconds: float
+    pod_cidrs: Tuple[str, ...] = ()  # given by hand (no Kubernetes): used instead of the Node's
+    # the node check (nodecheck.py): how the plugins are run as the runtime would run them
+    host_root: str = "/host/root"  # the host's / as mounted here; "/" = no chroot
+    host_root_explicit: bool = False  # set by flag/env (a missing one is then an error)
+    host_bin_dir: str = ""  # the bin dir's path on the host; "" = find it
+    binary_check_timeout: float = 30.0
+    in_pod: bool = False  # KUBERNETES_SERVICE_HOST is set
+    # this installer's own Pod (downward API), for Events
+    pod_name: str = ""
+    pod_namespace: str = ""
+    pod_uid: str = ""
 
     @property
     def conf_path(self) -> Path:
@@ -104,7 +115,34 @@ def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
                    help="server-side timeout of one watch request (a new watch follows)")
     p.add_argument("--debounce-seconds", type=float, default=float(e("PYCNI_DEBOUNCE_SECONDS", "0.05") or 0.05),
                    help="quiet time after a change before the config is rendered")
+    p.add_argument("--pod-cidrs", default=e("PYCNI_POD_CIDRS", ""),
+                   help="comma-separated pod CIDRs of this node for the podCIDR placeholders, for nodes "
+                        "without Kubernetes (default: the Node object's spec.podCIDRs)")
+    p.add_argument("--host-root", default=env.get("PYCNI_HOST_ROOT"),
+                   help="the host's / as mounted in this container, read-only (default /host/root; when that "
+                        "does not exist outside a pod: \"/\", no chroot); the plugins are run chrooted into it")
+    p.add_argument("--host-bin-dir", default=e("PYCNI_HOST_BIN_DIR", ""),
+                   help="path of --bin-dir on the host (default: found by inode, e.g. /opt/cni/bin)")
+    p.add_argument("--binary-check-timeout", type=float,
+                   default=float(e("PYCNI_BINARY_CHECK_TIMEOUT", "30") or 30),
+                   help="seconds a plugin may take to answer the VERSION check")
+    p.add_argument("--pod-name", default=e("PYCNI_POD_NAME", ""), help="this Pod (downward API), for Events")
+    p.add_argument("--pod-namespace", default=e("PYCNI_POD_NAMESPACE", ""))
+    p.add_argument("--pod-uid", default=e("PYCNI_POD_UID", ""),
+                   help="this Pod's uid (downward API metadata.uid): kubectl describe pod matches Events by it")
     return p
+
+
+def parse_pod_cidrs(text: str) -> Tuple[str, ...]:
+    import ipaddress
+
+    cidrs = tuple(c.strip() for c in text.split(",") if c.strip())
+    for cidr in cidrs:
+        try:
+            ipaddress.ip_network(cidr)
+        except ValueError:
+            raise ValueError(f"--pod-cidrs: {cidr!r} is not a network in CIDR notation") from None
+    return cidrs
 
 
 def parse(argv: Optional[List[str]], env: Mapping[str, str]) -> Settings:
@@ -123,6 +161,8 @@ def parse(argv: Optional[List[str]], env: Mapping[str, str]) -> Settings:
         raise ValueError("--mtu must be >= 0")
     if "/" in args.conf_name or not args.conf_name.endswith(".conflist"):
         raise ValueError(f"--conf-name must be a plain file name ending in .conflist, got {args.conf_name!r}")
+    if args.binary_check_timeout <= 0:
+        raise ValueError("--binary-check-timeout must be positive")
     return Settings(
         command=args.command,
         once=args.once,
@@ -143,4 +183,13 @@ def parse(argv: Optional[List[str]], env: Mapping[str, str]) -> Settings:
         once_timeout=args.once_timeout,
         watch_timeout_seconds=args.watch_timeout_seconds,
         debounce_seconds=args.debounce_seconds,
+        pod_cidrs=parse_pod_cidrs(args.pod_cidrs),
+        host_root=args.host_root if args.host_root is not None else "/host/root",
+        host_root_explicit=args.host_root is not None,
+        host_bin_dir=args.host_bin_dir,
+        binary_check_timeout=args.binary_check_timeout,
+        in_pod=bool(env.get("KUBERNETES_SERVICE_HOST")),
+        pod_name=args.pod_name,
+        pod_namespace=args.pod_namespace,
+        pod_uid=args.pod_uid,
     )

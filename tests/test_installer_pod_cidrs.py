@@ -1,0 +1,32 @@
+"""--pod-cidrs: the podCIDR placeholders on a node without Kubernetes."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pycni.installer.settings import parse
+
+TEMPLATE = "cniVersion: 1.1.0\nname: t\nplugins:\n- type: pycni-host-local\n  ipam: {ranges: __POD_CIDR_RANGES__}\n"
+
+
+def test_once_renders_the_given_pod_cidrs_without_any_api(bin_dir: Path, tmp_path: Path) -> None:
+    for d in ("cfg", "bin", "net"):
+        (tmp_path / d).mkdir()
+    (tmp_path / "cfg" / "conflist.yaml").write_text(TEMPLATE)
+    proc = subprocess.run([sys.executable, "-m", "pycni.installer", "--once", "--source-dir", str(bin_dir),
+                           "--bin-dir", str(tmp_path / "bin"), "--conf-dir", str(tmp_path / "net"),
+                           "--config-dir", str(tmp_path / "cfg"), "--node-name", "n1", "--listen", "off",
+                           "--pod-cidrs", "10.9.0.0/24, fd00:9::/64"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    conf = json.loads((tmp_path / "net" / "10-pycni.conflist").read_text())
+    assert conf["plugins"][0]["ipam"]["ranges"] == [[{"subnet": "10.9.0.0/24"}], [{"subnet": "fd00:9::/64"}]]
+
+
+@pytest.mark.parametrize("bad", ["10.9.0.0/33", "nope", "10.9.0.1/24x"])
+def test_bad_pod_cidrs_are_refused(bad: str) -> None:
+    with pytest.raises(ValueError, match="--pod-cidrs"):
+        parse(["--pod-cidrs", bad], {})
