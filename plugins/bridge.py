@@ -14,7 +14,6 @@ from __future__ import annotations
 import errno
 import ipaddress
 import os
-from typing import List, Optional, Tuple
 
 from .attachment import Tag, parse_prefix
 from .config import NetConf
@@ -22,6 +21,10 @@ from .errors import INTERNAL, INVALID_CONFIG, NOT_AVAILABLE, CNIError
 from .linkconf import KeywordRecord, bool_key, ifname_key, int_key, mac_value, mtu_key, netlink_failure
 from .plugin import Context, Plugin
 from .result import Interface, IPConfig, Result, Route
+
+TYPE_CHECKING = False  # typing is not imported at run time: it costs every exec milliseconds
+if TYPE_CHECKING:
+    from typing import List, Optional, Tuple
 
 HOST_VETH_PREFIX = "veth"
 ALIAS_LIMIT = 250

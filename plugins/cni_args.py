@@ -1,19 +1,23 @@
 """CNI_ARGS: `K=V;K=V` pairs the runtime passes, with typed access to the Kubernetes keys."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Dict, FrozenSet, Iterable, Optional
+from .record import FrozenRecord
 
 from .errors import INVALID_ENVIRONMENT, CNIError
+
+TYPE_CHECKING = False  # typing is not imported at run time: it costs every exec milliseconds
+if TYPE_CHECKING:
+    from typing import Dict, FrozenSet, Iterable, Optional
 
 KUBERNETES_KEYS: FrozenSet[str] = frozenset(
     {"K8S_POD_NAMESPACE", "K8S_POD_NAME", "K8S_POD_INFRA_CONTAINER_ID", "K8S_POD_UID"}
 )
 
 
-@dataclass(frozen=True)
-class CniArgs:
-    values: Dict[str, str] = field(default_factory=dict)
+class CniArgs(FrozenRecord):
+    __slots__ = ("values",)
+    _defaults = {"values": dict}
+    values: Dict[str, str]
 
     @classmethod
     def parse(cls, text: str) -> "CniArgs":

@@ -3,12 +3,15 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from .record import FrozenRecord, Record
 
 from .errors import DECODE_FAILURE, INVALID_CONFIG, CNIError
 from .result import Result
 from .versions import negotiate
+
+TYPE_CHECKING = False  # typing is not imported at run time: it costs every exec milliseconds
+if TYPE_CHECKING:
+    from typing import Any, Dict, List, Optional
 
 NETWORK_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 NETWORK_NAME_MAX = 255  # it becomes a directory name in several stores
@@ -42,11 +45,12 @@ def _str_list(where: str, value: Any) -> List[str]:
     return list(value)
 
 
-@dataclass(frozen=True)
-class RuntimeConfig:
+class RuntimeConfig(FrozenRecord):
     """Capability arguments the runtime filled in (CONVENTIONS.md)."""
 
-    raw: Dict[str, Any] = field(default_factory=dict)
+    __slots__ = ("raw",)
+    _defaults = {"raw": dict}
+    raw: Dict[str, Any]
 
     @property
     def ips(self) -> List[str]:
@@ -66,11 +70,12 @@ class RuntimeConfig:
         return self.raw.get("aliases")
 
 
-@dataclass(frozen=True)
-class CniConfigArgs:
+class CniConfigArgs(FrozenRecord):
     """The `args.cni` object of the config (CONVENTIONS.md)."""
 
-    raw: Dict[str, Any] = field(default_factory=dict)
+    __slots__ = ("raw",)
+    _defaults = {"raw": dict}
+    raw: Dict[str, Any]
 
     @property
     def ips(self) -> List[str]:
@@ -85,16 +90,16 @@ class CniConfigArgs:
         return _typed(self.raw, "labels", list, [])
 
 
-@dataclass(frozen=True)
-class Attachment:
+class Attachment(FrozenRecord):
+    __slots__ = ("container_id", "ifname")
     container_id: str
     ifname: str
 
 
-@dataclass
-class NetConf:
+class NetConf(Record):
     """A plugin's config object, as injected by the runtime."""
 
+    __slots__ = ("raw", "cni_version", "name", "type", "runtime_config", "args", "ipam", "prev_result")
     raw: Dict[str, Any]
     cni_version: str
     name: str

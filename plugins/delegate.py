@@ -1,11 +1,14 @@
 """IPAM delegation: run the `ipam.type` plugin with our environment and stdin."""
 from __future__ import annotations
 
-from typing import Mapping, Optional
 
 from .env import Invocation
 from .invoke import Runner, decode_output, execute, find_plugin
 from .result import Result
+
+TYPE_CHECKING = False  # typing is not imported at run time: it costs every exec milliseconds
+if TYPE_CHECKING:
+    from typing import Mapping, Optional
 
 
 class IpamDelegate:

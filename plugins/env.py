@@ -2,11 +2,14 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
-from typing import Dict, Mapping, Tuple
+from .record import FrozenRecord
 
 from .cni_args import CniArgs
 from .errors import INVALID_ENVIRONMENT, CNIError
+
+TYPE_CHECKING = False  # typing is not imported at run time: it costs every exec milliseconds
+if TYPE_CHECKING:
+    from typing import Dict, Mapping, Tuple
 
 COMMANDS = ("ADD", "DEL", "CHECK", "STATUS", "GC", "VERSION")
 
@@ -38,10 +41,10 @@ def interface_name_problem(name: str) -> str:
     return ""
 
 
-@dataclass(frozen=True)
-class Invocation:
+class Invocation(FrozenRecord):
     """What the runtime told us through the environment."""
 
+    __slots__ = ("command", "container_id", "netns", "ifname", "args", "path", "environ")
     command: str
     container_id: str
     netns: str

@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import ipaddress
 import socket
-from typing import List, Optional
 
 from . import netlink as nl
 from .errors import INTERNAL, CNIError
 from .result import IPConfig, Result, Route
+
+TYPE_CHECKING = False  # typing is not imported at run time: it costs every exec milliseconds
+if TYPE_CHECKING:
+    from typing import List, Optional
 
 
 def _ips_for(result: Result, if_position: int) -> List[IPConfig]:

@@ -7,12 +7,15 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-from typing import Callable, Mapping, Optional, Sequence, Tuple
 
 from .errors import DECODE_FAILURE, INTERNAL, INVALID_CONFIG, IO_FAILURE, CNIError
 
+TYPE_CHECKING = False  # typing is not imported at run time: it costs every exec milliseconds
+if TYPE_CHECKING:
+    from typing import Callable, Mapping, Optional, Sequence, Tuple  # noqa: F401 (Runner)
+
 # (binary path, environment, stdin) -> (stdout, exit code)
-Runner = Callable[[str, Mapping[str, str], bytes], Tuple[bytes, int]]
+Runner = "Callable[[str, Mapping[str, str], bytes], Tuple[bytes, int]]"  # for annotations only
 
 EXEC_TIMEOUT_SECONDS = 120.0
 

@@ -2,11 +2,14 @@
 from __future__ import annotations
 
 import re
-from typing import Any, Optional
 
 from .config import NetConf
 from .env import interface_name_problem
 from .errors import INTERNAL, INVALID_CONFIG, CNIError
+
+TYPE_CHECKING = False  # typing is not imported at run time: it costs every exec milliseconds
+if TYPE_CHECKING:
+    from typing import Any, Optional
 
 _MAC = re.compile(r"^[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}$")
 MTU_MIN, MTU_MAX = 68, 65535

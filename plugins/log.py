@@ -9,7 +9,10 @@ from __future__ import annotations
 import json
 import os
 import time
-from typing import Any, Mapping, Optional
+
+TYPE_CHECKING = False  # typing is not imported at run time: it costs every exec milliseconds
+if TYPE_CHECKING:
+    from typing import Any, Mapping, Optional
 
 LEVELS = {"debug": 10, "info": 20, "error": 40}
 

@@ -9,13 +9,16 @@ rename achieves in three steps).
 from __future__ import annotations
 
 import errno
-from typing import Optional
 
 from .config import NetConf
 from .errors import INTERNAL, INVALID_CONFIG, NOT_AVAILABLE, CNIError
 from .linkconf import KeywordRecord, bool_key, ifname_key, int_key, mac_value, mtu_key, netlink_failure
 from .plugin import Context, Plugin
 from .result import Interface, Result
+
+TYPE_CHECKING = False  # typing is not imported at run time: it costs every exec milliseconds
+if TYPE_CHECKING:
+    from typing import Optional
 
 MODES = ("bridge", "private", "vepa", "passthru")
 

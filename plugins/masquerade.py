@@ -16,11 +16,14 @@ import json
 import os
 import re
 import subprocess
-from typing import Callable, Iterable, List, Optional, Sequence, Set, Tuple
 
 from .attachment import Tag
 from .errors import INTERNAL, INVALID_CONFIG, CNIError
 from .result import IPInterface
+
+TYPE_CHECKING = False  # typing is not imported at run time: it costs every exec milliseconds
+if TYPE_CHECKING:
+    from typing import Callable, Iterable, List, Optional, Sequence, Set, Tuple
 
 TABLE = "pycni"
 _TAG_RE = re.compile(r"pycni:([0-9a-f]{8}):([0-9a-f]{16})")

@@ -12,7 +12,10 @@ import os
 import socket
 import struct
 from contextlib import contextmanager
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+
+TYPE_CHECKING = False  # typing is not imported at run time: it costs every exec milliseconds
+if TYPE_CHECKING:
+    from typing import Dict, Iterator, List, Optional, Sequence, Tuple  # noqa: F401 (Request)
 
 # netlink header and flags
 NLMSG_ERROR, NLMSG_DONE = 2, 3
@@ -194,7 +197,7 @@ class RouteEntry(_Record):
 
 # ---------------------------------------------------------------- the socket
 
-Request = Tuple[int, int, bytes, str]  # (message type, extra flags, payload, what it does, for errors)
+Request = "Tuple[int, int, bytes, str]"  # (message type, extra flags, payload, what it does, for errors)
 
 
 class RtSocket:

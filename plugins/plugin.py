@@ -1,8 +1,7 @@
 """What a pycni plugin is: a config loader and one method per verb."""
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, FrozenSet, Optional
+from .record import Record
 
 from .config import NetConf
 from .delegate import IpamDelegate
@@ -11,11 +10,15 @@ from .errors import INVALID_CONFIG, CNIError
 from .log import EventLog
 from .result import Result
 
+TYPE_CHECKING = False  # typing is not imported at run time: it costs every exec milliseconds
+if TYPE_CHECKING:
+    from typing import Any, FrozenSet, Optional
 
-@dataclass
-class Context:
+
+class Context(Record):
     """Everything one invocation knows; passed to the plugin's verb methods."""
 
+    __slots__ = ("inv", "conf", "config", "stdin", "log", "ipam")
     inv: Invocation
     conf: NetConf
     config: Any  # the plugin's own typed config, from Plugin.load_config

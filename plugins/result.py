@@ -2,15 +2,18 @@
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Union
+from .record import Record
 
 from .errors import DECODE_FAILURE, CNIError
 from .versions import CURRENT_VERSION, at_least, require_supported
 
-IPInterface = Union[ipaddress.IPv4Interface, ipaddress.IPv6Interface]
-IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
-IPNetwork = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
+TYPE_CHECKING = False  # typing is not imported at run time: it costs every exec milliseconds
+if TYPE_CHECKING:
+    from typing import Any, Dict, List, Optional, Union  # noqa: F401 (aliases)
+
+IPInterface = "Union[ipaddress.IPv4Interface, ipaddress.IPv6Interface]"  # for annotations only
+IPAddress = "Union[ipaddress.IPv4Address, ipaddress.IPv6Address]"
+IPNetwork = "Union[ipaddress.IPv4Network, ipaddress.IPv6Network]"
 
 
 def _bad(what: str, value: Any) -> CNIError:
@@ -32,14 +35,15 @@ def _int_or_none(what: str, value: Any) -> Optional[int]:
     return value
 
 
-@dataclass
-class Interface:
+class Interface(Record):
+    __slots__ = ("name", "mac", "sandbox", "mtu", "socket_path", "pci_id")
+    _defaults = {"mac": "", "sandbox": "", "mtu": None, "socket_path": "", "pci_id": ""}
     name: str
-    mac: str = ""
-    sandbox: str = ""
-    mtu: Optional[int] = None  # 1.1.0
-    socket_path: str = ""  # 1.1.0
-    pci_id: str = ""  # 1.1.0
+    mac: str
+    sandbox: str
+    mtu: Optional[int]  # 1.1.0
+    socket_path: str  # 1.1.0
+    pci_id: str  # 1.1.0
 
     @classmethod
     def from_dict(cls, d: Dict[str, Any]) -> "Interface":
@@ -70,11 +74,12 @@ class Interface:
         return out
 
 
-@dataclass
-class IPConfig:
+class IPConfig(Record):
+    __slots__ = ("address", "gateway", "interface")
+    _defaults = {"gateway": None, "interface": None}
     address: IPInterface
-    gateway: Optional[IPAddress] = None
-    interface: Optional[int] = None
+    gateway: Optional[IPAddress]
+    interface: Optional[int]
 
     @classmethod
     def from_dict(cls, d: Dict[str, Any]) -> "IPConfig":
@@ -99,15 +104,16 @@ class IPConfig:
         return out
 
 
-@dataclass
-class Route:
+class Route(Record):
+    __slots__ = ("dst", "gw", "mtu", "advmss", "priority", "table", "scope")
+    _defaults = {"gw": None, "mtu": None, "advmss": None, "priority": None, "table": None, "scope": None}
     dst: IPNetwork
-    gw: Optional[IPAddress] = None
-    mtu: Optional[int] = None  # 1.1.0 from here on
-    advmss: Optional[int] = None
-    priority: Optional[int] = None
-    table: Optional[int] = None
-    scope: Optional[int] = None
+    gw: Optional[IPAddress]
+    mtu: Optional[int]  # 1.1.0 from here on
+    advmss: Optional[int]
+    priority: Optional[int]
+    table: Optional[int]
+    scope: Optional[int]
 
     @classmethod
     def from_dict(cls, d: Dict[str, Any]) -> "Route":
@@ -136,12 +142,13 @@ class Route:
         return out
 
 
-@dataclass
-class DNS:
-    nameservers: List[str] = field(default_factory=list)
-    domain: str = ""
-    search: List[str] = field(default_factory=list)
-    options: List[str] = field(default_factory=list)
+class DNS(Record):
+    __slots__ = ("nameservers", "domain", "search", "options")
+    _defaults = {"nameservers": list, "domain": "", "search": list, "options": list}
+    nameservers: List[str]
+    domain: str
+    search: List[str]
+    options: List[str]
 
     @classmethod
     def from_dict(cls, d: Optional[Dict[str, Any]]) -> "DNS":
@@ -176,14 +183,15 @@ class DNS:
         return out
 
 
-@dataclass
-class Result:
+class Result(Record):
     """An ADD result (also an IPAM result, which has no interfaces)."""
 
-    interfaces: List[Interface] = field(default_factory=list)
-    ips: List[IPConfig] = field(default_factory=list)
-    routes: List[Route] = field(default_factory=list)
-    dns: DNS = field(default_factory=DNS)
+    __slots__ = ("interfaces", "ips", "routes", "dns")
+    _defaults = {"interfaces": list, "ips": list, "routes": list, "dns": DNS}
+    interfaces: List[Interface]
+    ips: List[IPConfig]
+    routes: List[Route]
+    dns: DNS
 
     @classmethod
     def from_dict(cls, d: Any) -> "Result":

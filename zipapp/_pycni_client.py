@@ -3,7 +3,6 @@
 Standard library only; runs from the zip before anything is unpacked.
 """
 import os
-import socket
 import sys
 
 from _pycni_wire import DECLINED, DEFAULT_SOCKET, SOCKET_ENV, WireError, encode_request, read_response
@@ -32,8 +31,10 @@ def _try_again_later(stdin):
 def handle_via_server(plugin, code_id):
     """Exit with the server's answer; or return the stdin bytes (None: not read yet) to run in-process."""
     path = os.environ.get(SOCKET_ENV, DEFAULT_SOCKET)
-    if not path or path == "off":
-        return None
+    if not path or path == "off" or not os.path.exists(path):
+        return None  # no server here: skip even importing socket
+    import socket
+
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.connect(path)

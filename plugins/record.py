@@ -1,0 +1,61 @@
+"""A light replacement for dataclasses in the modules every plugin exec imports.
+
+`dataclasses` pulls in `inspect` (and with it ast, dis, tokenize ...): about
+8 ms per exec, paid on every pod start. A Record gets the same conveniences —
+keyword or positional construction with defaults, equality, repr — from
+`__slots__` and a `_defaults` map whose callables (list, dict, classes) are
+called to make a fresh default.
+"""
+from __future__ import annotations
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Dict
+
+
+class Record:
+    __slots__ = ()
+    _defaults: "Dict[str, Any]" = {}
+
+    def __init__(self, *args: "Any", **kwargs: "Any") -> None:
+        names = self.__slots__
+        if len(args) > len(names):
+            raise TypeError(f"{type(self).__name__} takes at most {len(names)} arguments")
+        values = dict(zip(names, args))
+        for name, value in kwargs.items():
+            if name not in names or name in values:
+                raise TypeError(f"{type(self).__name__}: unexpected or repeated argument {name!r}")
+            values[name] = value
+        for name in names:
+            if name in values:
+                value = values[name]
+            elif name in self._defaults:
+                default = self._defaults[name]
+                value = default() if callable(default) else default
+            else:
+                raise TypeError(f"{type(self).__name__} is missing argument {name!r}")
+            object.__setattr__(self, name, value)
+
+    def _values(self) -> tuple:
+        return tuple(getattr(self, name) for name in self.__slots__)
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and self._values() == other._values()  # type: ignore[attr-defined]
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{name}={getattr(self, name)!r}" for name in self.__slots__)
+        return f"{type(self).__name__}({fields})"
+
+
+class FrozenRecord(Record):
+    """An immutable, hashable Record."""
+
+    __slots__ = ()
+
+    def __setattr__(self, name: str, value: "Any") -> None:
+        raise AttributeError(f"{type(self).__name__} is immutable")
+
+    def __hash__(self) -> int:  # type: ignore[override]
+        return hash(self._values())
