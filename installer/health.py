@@ -25,6 +25,8 @@ class Status:
         self.conflist_writes = 0
         self.last_success = 0.0
         self.config_hash = ""
+        self.binary_checks: Dict[str, int] = {}  # plugin -> 1 ran fine on the node / 0 failed (nodecheck)
+        self.binary_check_failures: Counter = Counter()  # plugin -> failed checks
 
     def ready(self) -> Tuple[bool, str]:
         with self.lock:
@@ -76,6 +78,11 @@ class Status:
                    {"": self.conflist_writes})
             metric("watch_restarts_total", "counter", "API watches restarted, by source and cause.",
                    {_labels(source=s, cause=c): v for (s, c), v in sorted(self.watch_restarts.items())})
+            metric("binary_check_ok", "gauge",
+                   "1 when the plugin binary answered VERSION on the node (through the host root), 0 when not.",
+                   {_labels(plugin=k): v for k, v in sorted(self.binary_checks.items())})
+            metric("binary_check_failures_total", "counter", "Failed VERSION checks of plugin binaries on the node.",
+                   {_labels(plugin=k): v for k, v in sorted(self.binary_check_failures.items())})
             return "\n".join(out) + "\n"
 
 

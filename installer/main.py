@@ -10,7 +10,7 @@ from typing import List, Optional
 
 from .health import HealthServer, Status
 from .log import Log
-from .reconcile import REJECTED, Installer
+from .reconcile import BLOCKED, REJECTED, Installer
 from .settings import Settings, parse
 from .uninstall import uninstall
 
@@ -43,7 +43,7 @@ def run_once(installer: Installer, settings: Settings) -> int:
         ready, reason = installer.status.ready()
         if ready:
             return 0
-        if result == REJECTED or time.monotonic() >= deadline or installer.stop.is_set():
+        if result in (REJECTED, BLOCKED) or time.monotonic() >= deadline or installer.stop.is_set():
             installer.log.error("once_failed", why=reason)
             return 1
         installer.wake.wait(min(1.0, max(0.0, deadline - time.monotonic())))
@@ -75,7 +75,7 @@ def main(argv: Optional[List[str]] = None) -> None:
         signal.signal(signal.SIGINT, on_signal)
     log.info("starting", once=settings.once, source_dir=str(settings.source_dir), bin_dir=str(settings.bin_dir),
              conf=str(settings.conf_path), config_dir=str(settings.config_dir or ""),
-             configmap="/".join(settings.configmap or ()), node=settings.node_name)
+             configmap="/".join(settings.configmap or ()), node=settings.node_name, host_root=settings.host_root)
     health = None
     if settings.listen and not settings.once:
         health = HealthServer(status, settings.listen).start()

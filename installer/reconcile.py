@@ -40,7 +40,8 @@ class Installer:
         self.writer = ConfWriter(settings.conf_dir, settings.conf_name, log)
         self.manifest = Manifest(settings.bin_dir)
         self.nodecheck = NodeChecker(settings.bin_dir, settings.host_root, settings.host_root_explicit,
-                                     settings.host_bin_dir, settings.in_pod, settings.binary_check_timeout, log)
+                                     settings.host_bin_dir, settings.in_pod, settings.binary_check_timeout, log,
+                                     settings.runtime_path)
         self.pod_events: Any = None  # events.EventRecorder on this installer's own Pod
         self.volume: Optional[VolumeSource] = None
         self.configmap: Any = None  # source_api.ConfigMapSource

@@ -37,6 +37,7 @@ class Settings:
     host_root_explicit: bool = False  # set by flag/env (a missing one is then an error)
     host_bin_dir: str = ""  # the bin dir's path on the host; "" = find it
     binary_check_timeout: float = 30.0
+    runtime_path: str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"  # PATH the runtime gives plugins
     in_pod: bool = False  # KUBERNETES_SERVICE_HOST is set
     # this installer's own Pod (downward API), for Events
     pod_name: str = ""
@@ -126,6 +127,9 @@ def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     p.add_argument("--binary-check-timeout", type=float,
                    default=float(e("PYCNI_BINARY_CHECK_TIMEOUT", "30") or 30),
                    help="seconds a plugin may take to answer the VERSION check")
+    p.add_argument("--runtime-path", default=e("PYCNI_RUNTIME_PATH",
+                                               "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"),
+                   help="PATH the container runtime gives the plugins (systemd's default unless its unit sets one)")
     p.add_argument("--pod-name", default=e("PYCNI_POD_NAME", ""), help="this Pod (downward API), for Events")
     p.add_argument("--pod-namespace", default=e("PYCNI_POD_NAMESPACE", ""))
     p.add_argument("--pod-uid", default=e("PYCNI_POD_UID", ""),
@@ -188,6 +192,7 @@ def parse(argv: Optional[List[str]], env: Mapping[str, str]) -> Settings:
         host_root_explicit=args.host_root is not None,
         host_bin_dir=args.host_bin_dir,
         binary_check_timeout=args.binary_check_timeout,
+        runtime_path=args.runtime_path,
         in_pod=bool(env.get("KUBERNETES_SERVICE_HOST")),
         pod_name=args.pod_name,
         pod_namespace=args.pod_namespace,
