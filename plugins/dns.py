@@ -18,13 +18,16 @@ or podman's map keyed by network name). Each is served relative and under the do
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass
-from typing import List, Optional, Tuple
+from .record import FrozenRecord
 
 from .dns_records import DEFAULT_STATE_DIR, Entry, NetworkStore, dns_name_problem, normalize_name, parse_hostport
 from .errors import INVALID_CONFIG, NOT_AVAILABLE, UNKNOWN_CONTAINER, CNIError
 from .plugin import Context, Plugin
 from .result import Result
+
+TYPE_CHECKING = False  # typing is not imported at run time: it costs every exec milliseconds
+if TYPE_CHECKING:
+    from typing import List, Optional, Tuple
 
 DEFAULT_DOMAIN = "dns.pycni"
 DEFAULT_TTL = 60
@@ -32,8 +35,8 @@ DEFAULT_RESOLV_CONF = "/etc/resolv.conf"
 PROBE_NAME = "_pycni-probe"
 
 
-@dataclass(frozen=True)
-class DnsConfig:
+class DnsConfig(FrozenRecord):
+    __slots__ = ("domain", "upstreams", "resolv_conf", "listen", "port", "ttl", "state_dir")
     domain: str
     upstreams: Optional[List[str]]  # None: from resolv.conf at ADD
     resolv_conf: str

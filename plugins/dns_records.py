@@ -21,11 +21,14 @@ import re
 import stat
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from .record import FrozenRecord, Record
 
 from .config import network_name_problem
 from .errors import INVALID_CONFIG, IO_FAILURE, TRY_AGAIN_LATER, CNIError
+
+TYPE_CHECKING = False  # typing is not imported at run time: it costs every exec milliseconds
+if TYPE_CHECKING:
+    from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 DEFAULT_STATE_DIR = "/run/pycni/dns"
 RECORDS = "records.json"
@@ -69,15 +72,16 @@ def parse_hostport(text: str, default_port: int = 53) -> Tuple[str, int]:
     return text, default_port
 
 
-@dataclass
-class Entry:
+class Entry(Record):
     """The names and addresses one attachment (container ID + ifname) registered."""
 
+    __slots__ = ("container_id", "ifname", "names", "ips", "seq")
+    _defaults = {"seq": 0}
     container_id: str
     ifname: str
     names: List[str]
     ips: List[str]
-    seq: int = 0
+    seq: int
 
     @classmethod
     def from_dict(cls, d: Dict[str, Any]) -> "Entry":
@@ -92,13 +96,14 @@ class Entry:
         return self.container_id == container_id and (not ifname or not self.ifname or self.ifname == ifname)
 
 
-@dataclass
-class Records:
+class Records(Record):
     """The whole content of records.json."""
 
-    server: Dict[str, Any] = field(default_factory=dict)
-    entries: List[Entry] = field(default_factory=list)
-    seq: int = 0
+    __slots__ = ("server", "entries", "seq")
+    _defaults = {"server": dict, "entries": list, "seq": 0}
+    server: Dict[str, Any]
+    entries: List[Entry]
+    seq: int
 
     @classmethod
     def from_dict(cls, d: Dict[str, Any]) -> "Records":
@@ -136,10 +141,10 @@ class Records:
         return dropped
 
 
-@dataclass(frozen=True)
-class Table:
+class Table(FrozenRecord):
     """What the server answers from: name -> addresses, address -> names. Built once per change."""
 
+    __slots__ = ("names", "ptr", "count")
     names: Dict[str, Tuple[List[str], List[str]]]  # relative name -> (IPv4 list, IPv6 list)
     ptr: Dict[str, List[str]]  # address text (canonical) -> relative names, newest owner first
     count: int  # entries, including ones without names (they keep the server alive)

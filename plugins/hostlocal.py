@@ -7,7 +7,6 @@ at the interface too; STATUS and GC work. See hostlocal_store for the files.
 from __future__ import annotations
 
 import ipaddress
-from typing import Dict, List, Optional, Set
 
 from .config import NetConf
 from .errors import INVALID_CONFIG, NOT_AVAILABLE, TRY_AGAIN_LATER, UNKNOWN_CONTAINER, CNIError
@@ -15,6 +14,10 @@ from .hostlocal_config import HostLocalConfig, IPRange, RangeSet, load, read_res
 from .hostlocal_store import Owner, Store
 from .plugin import Context, Plugin
 from .result import DNS, IPAddress, IPConfig, Result
+
+TYPE_CHECKING = False  # typing is not imported at run time: it costs every exec milliseconds
+if TYPE_CHECKING:
+    from typing import Dict, List, Optional, Set
 
 CHECK_MISMATCH = 100  # plugin-specific: prevResult names an address this attachment does not hold
 RESCAN_AFTER_COLLISIONS = 32  # then skip taken addresses by name instead of trying each

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import ipaddress
 import os
-from dataclasses import dataclass, field
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+from .record import FrozenRecord, Record
 
 from .config import NetConf
 from .errors import INVALID_CONFIG, CNIError
 from .result import DNS, IPAddress, IPNetwork, Route
+
+TYPE_CHECKING = False  # typing is not imported at run time: it costs every exec milliseconds
+if TYPE_CHECKING:
+    from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 DEFAULT_DATA_DIR = "/var/lib/cni/networks"
 
@@ -33,10 +36,10 @@ def _address(where: str, value: Any) -> IPAddress:
         raise _bad(f"{where}: invalid IP address {value!r}") from None
 
 
-@dataclass(frozen=True)
-class IPRange:
+class IPRange(FrozenRecord):
     """One range of a range set, with the reference's defaults filled in."""
 
+    __slots__ = ("subnet", "start", "end", "gateway")
     subnet: IPNetwork
     start: int  # first address, inclusive, as an integer
     end: int  # last address, inclusive
@@ -72,10 +75,10 @@ class IPRange:
         return ipaddress.ip_interface(f"{ip}/{self.subnet.prefixlen}")
 
 
-@dataclass(frozen=True)
-class RangeSet:
+class RangeSet(FrozenRecord):
     """A list of ranges of one family; ADD takes one address from each set."""
 
+    __slots__ = ("ranges",)
     ranges: Tuple[IPRange, ...]
 
     @property
@@ -222,13 +225,14 @@ def _requested(where: str, values: Sequence[str]) -> List[IPAddress]:
     return out
 
 
-@dataclass
-class HostLocalConfig:
+class HostLocalConfig(Record):
+    __slots__ = ("network", "range_sets", "routes", "data_dir", "resolv_conf")
+    _defaults = {"routes": list, "data_dir": DEFAULT_DATA_DIR, "resolv_conf": ""}
     network: str
     range_sets: List[RangeSet]
-    routes: List[Route] = field(default_factory=list)
-    data_dir: str = DEFAULT_DATA_DIR
-    resolv_conf: str = ""
+    routes: List[Route]
+    data_dir: str
+    resolv_conf: str
 
 
 def requested_addresses(conf: NetConf, cni_args_ip: Optional[str]) -> List[IPAddress]:

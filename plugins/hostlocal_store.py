@@ -39,12 +39,15 @@ import os
 import re
 import stat
 import zlib
-from typing import Dict, List, Optional, Set, Tuple
 
 from .config import network_name_problem
 from .env import interface_name_problem
 from .errors import INVALID_CONFIG, IO_FAILURE, CNIError
 from .result import IPAddress
+
+TYPE_CHECKING = False  # typing is not imported at run time: it costs every exec milliseconds
+if TYPE_CHECKING:
+    from typing import Dict, List, Optional, Set, Tuple  # noqa: F401 (Owner)
 
 LOCK = "lock"
 LAST_RESERVED = "last_reserved_ip."
@@ -59,7 +62,7 @@ _CONTAINER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 _IP_NAME = re.compile(r"^[0-9a-fA-F:.]+$")
 
 # (container ID, ifname); ifname is None for the reference's old container-ID-only files.
-Owner = Tuple[str, Optional[str]]
+Owner = "Tuple[str, Optional[str]]"
 
 
 def parse_owner(data: bytes) -> Optional[Owner]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 from .record import Record
 
 from .config import NetConf
-from .delegate import IpamDelegate
 from .env import Invocation
 from .errors import INVALID_CONFIG, CNIError
 from .log import EventLog
@@ -12,6 +11,7 @@ from .result import Result
 
 TYPE_CHECKING = False  # typing is not imported at run time: it costs every exec milliseconds
 if TYPE_CHECKING:
+    from .delegate import IpamDelegate  # imports subprocess: only plugins that delegate pay for it
     from typing import Any, FrozenSet, Optional
 
 
