@@ -330,7 +330,9 @@ class Bridge(Plugin):
                 if cur == want:
                     present = True
                     continue
-                if want.version == 4 or want.ip in cur.network or cur.ip in want.network:
+                # The reference refuses any second IPv4 subnet; we allow non-overlapping ones in both
+                # families, so a pod CIDR change adds a gateway and running pods keep theirs.
+                if want.ip in cur.network or cur.ip in want.network:
                     if not cfg.force_address:
                         raise CNIError(INTERNAL, f"{br.name!r} already has an IP address different from {want}")
                     requests.append(nl.addr_request(nl.RTM_DELADDR, br.index, str(cur.ip), cur.network.prefixlen))

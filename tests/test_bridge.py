@@ -360,6 +360,16 @@ def test_macspoofchk_drops_foreign_source_mac(node, make_netns):
     assert "pycni-" not in node.sh("nft", "list", "table", "bridge", "pycni").stdout.decode()
 
 
+def test_second_subnet_on_the_bridge_keeps_the_first(node, make_netns):
+    """A pod CIDR change: the new gateway joins the old one (the reference refuses any second IPv4 address)."""
+    conf = bridge_conf(node, isGateway=True)
+    node.sh("ip", "link", "add", conf["bridge"], "type", "bridge")
+    node.sh("ip", "addr", "add", "10.62.9.1/24", "dev", conf["bridge"])
+    node.ok("ADD", conf, make_netns("bc"), container_id="two1")
+    have = sorted(a["local"] for a in addrs(node.name, conf["bridge"]) if a["family"] == "inet")
+    assert have == ["10.61.0.1", "10.62.9.1"]
+
+
 def test_force_address_and_promisc(node, make_netns):
     """Also the reference bug "could not set bridge's mac": the failed first ADD leaves the bridge portless
     (MAC 00:00:00:00:00:00), and the second must still pin a real MAC."""

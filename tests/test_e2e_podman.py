@@ -143,7 +143,7 @@ def test_macvlan_on_a_veth_master(node: Node) -> None:
     sh("ip", "link", "set", master, "up")
     sh("ip", "link", "set", peer, "up")
     subnet = free_subnet()
-    template = {"cniVersion": "1.1.0", "name": node.network, "plugins": [
+    template = {"cniVersion": "1.0.0", "cniVersions": ["1.0.0", "1.1.0"], "name": node.network, "plugins": [
         {"type": "pycni-macvlan", "master": master, "mode": "bridge",
          "ipam": {"type": "pycni-host-local", "ranges": "__POD_CIDR_RANGES__", "dataDir": str(node.ipam)}}]}
     node.install(template, str(subnet))
