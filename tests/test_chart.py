@@ -1,0 +1,390 @@
+"""The Helm chart and the kubectl manifest, checked with a real helm and kubernetes-validate.
+
+helm comes from tools/install-helm.sh (a registry package, cached on the machine). Every
+rendered object is validated with `kubernetes-validate --strict` against Kubernetes 1.30 and
+the newest version that package ships.
+"""
+from __future__ import annotations
+
+import importlib.util
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Dict, List, Sequence
+
+import pytest
+import yaml
+
+from helpers import ROOT
+
+# Packaging does not change with the node server: run once, not again in the with-server pass.
+pytestmark = pytest.mark.standalone_only
+
+CHART = ROOT / "charts" / "pycni"
+MANIFEST = ROOT / "charts" / "pycni.yaml"
+NAMESPACE = "kube-system"
+OLDEST_K8S = "1.30.0"
+# Env vars of the installer interface (the DaemonSet may set nothing else).
+INSTALLER_ENV = {
+    "PYCNI_SOURCE_DIR", "PYCNI_BIN_DIR", "PYCNI_CONF_DIR", "PYCNI_CONF_NAME", "PYCNI_CONFIG_DIR",
+    "PYCNI_CONFIG_KEY", "PYCNI_CONFIGMAP", "PYCNI_WATCH_API", "PYCNI_NODE_NAME", "PYCNI_MTU",
+    "PYCNI_LISTEN", "PYCNI_RESYNC_SECONDS", "PYCNI_EXCLUSIVE", "PYCNI_LOG_LEVEL",
+    # added by the installer since: the node check's host root, this Pod for Events
+    "PYCNI_HOST_ROOT", "PYCNI_POD_NAME", "PYCNI_POD_NAMESPACE", "PYCNI_POD_UID",
+}
+# The most RBAC may grant: (apiGroup, resource) -> verbs.
+ALLOWED_RULES = {
+    ("", "nodes"): {"get", "list", "watch"},
+    ("", "configmaps"): {"get", "list", "watch"},
+    ("", "events"): {"create", "patch"},
+}
+
+CUSTOM_CONFLIST = {
+    "cniVersion": "1.0.0",
+    "name": "edge-net",
+    "plugins": [{
+        "type": "pycni-macvlan", "master": "eth1", "mode": "bridge",
+        "ipam": {"type": "pycni-host-local", "ranges": [[{"subnet": "192.168.50.0/24"}]]},
+    }],
+}
+EXTRA_TOLERATION = {"key": "dedicated", "operator": "Equal", "value": "net", "effect": "NoSchedule"}
+
+# name -> values overriding the defaults
+COMBOS: Dict[str, Dict[str, Any]] = {
+    "defaults": {},
+    "api-watch-off": {"apiWatch": False, "nodeCheck": {"enabled": False}},
+    "exclusive": {"exclusive": True, "resyncSeconds": 15},
+    "scheduling": {"tolerateAllTaints": False, "tolerations": [EXTRA_TOLERATION],
+                   "nodeSelector": {"pool": "edge"}},
+    "custom-conflist": {"conflist": CUSTOM_CONFLIST, "confName": "05-edge.conflist", "mtu": 9000},
+    "hardening-knobs": {"seLinux": {"enabled": True}, "capabilities": {"add": ["DAC_OVERRIDE"]},
+                        "image": {"repository": "registry.example/pycni", "tag": "dev",
+                                  "pullPolicy": "Always"},
+                        "fullnameOverride": "netinst", "healthPort": 19765},
+}
+
+
+@pytest.fixture(scope="session")
+def helm() -> str:
+    """The helm binary installed (and cached) by tools/install-helm.sh."""
+    proc = subprocess.run(["bash", str(ROOT / "tools" / "install-helm.sh")],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.returncode == 0, f"tools/install-helm.sh failed:\n{proc.stderr}"
+    path = proc.stdout.strip().splitlines()[-1]
+    assert Path(path).is_file(), path
+    return path
+
+
+@pytest.fixture(scope="session")
+def k8s_versions(helm: str) -> List[str]:
+    """Kubernetes 1.30 and the newest version kubernetes-validate ships schemas for
+    (tools/install-helm.sh, run by the helm fixture, installs kubernetes-validate)."""
+    from kubernetes_validate import utils
+    newest = utils.latest_version()
+    assert utils.Version(newest) > utils.Version(OLDEST_K8S)
+    return [OLDEST_K8S, newest]
+
+
+def _values_args(values: Dict[str, Any], tmp_path: Path) -> List[str]:
+    if not values:
+        return []
+    path = tmp_path / "values.yaml"
+    path.write_text(yaml.safe_dump(values))
+    return ["-f", str(path)]
+
+
+def run(*cmd: str) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def template(helm: str, *args: str, chart: Path = CHART) -> subprocess.CompletedProcess:
+    return run(helm, "template", "pycni", str(chart), "--namespace", NAMESPACE, *args)
+
+
+def render(helm: str, values_args: Sequence[str] = (), chart: Path = CHART) -> str:
+    proc = template(helm, *values_args, chart=chart)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+def objects(text: str) -> List[Dict[str, Any]]:
+    return [doc for doc in yaml.safe_load_all(text) if doc]
+
+
+def by_kind(docs: List[Dict[str, Any]], kind: str) -> List[Dict[str, Any]]:
+    return [doc for doc in docs if doc["kind"] == kind]
+
+
+def kube_validate(path: Path, versions: Sequence[str]) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "kubernetes_validate", "--strict", "--quiet"]
+    for version in versions:
+        cmd += ["-k", version]
+    return subprocess.run(cmd + [str(path)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def assert_valid(text: str, tmp_path: Path, versions: Sequence[str]) -> None:
+    path = tmp_path / "rendered.yaml"
+    path.write_text(text)
+    proc = kube_validate(path, versions)
+    assert proc.returncode == 0, proc.stdout
+    assert "ERROR" not in proc.stdout, proc.stdout
+
+
+def env_of(container: Dict[str, Any]) -> Dict[str, Any]:
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in container["env"]}
+
+
+def check_daemonset(docs: List[Dict[str, Any]], values: Dict[str, Any]) -> None:
+    """The DaemonSet conventions of every CNI installer, and the installer's interface."""
+    (ds,) = by_kind(docs, "DaemonSet")
+    (cm,) = by_kind(docs, "ConfigMap")
+    pod = ds["spec"]["template"]["spec"]
+    (ctr,) = pod["containers"]
+    env = env_of(ctr)
+    port = values.get("healthPort", 9765)
+
+    assert ds["metadata"]["namespace"] == NAMESPACE
+    assert pod["hostNetwork"] is True
+    assert pod["priorityClassName"] == "system-node-critical"
+    assert ds["spec"]["updateStrategy"]["type"] == "RollingUpdate"
+    assert ds["spec"]["updateStrategy"]["rollingUpdate"]["maxSurge"] == 0
+    assert ds["spec"]["selector"]["matchLabels"].items() <= ds["spec"]["template"]["metadata"]["labels"].items()
+
+    host_paths = {v["name"]: v["hostPath"]["path"] for v in pod["volumes"] if "hostPath" in v}
+    mounts = {m["name"]: m for m in ctr["volumeMounts"]}
+    assert {host_paths[n]: mounts[n]["mountPath"] for n in host_paths if n != "host-root"} == {
+        "/opt/cni/bin": "/host/opt/cni/bin", "/etc/cni/net.d": "/host/etc/cni/net.d"}
+    (config_vol,) = [v for v in pod["volumes"] if "configMap" in v]
+    assert config_vol["configMap"]["name"] == cm["metadata"]["name"]
+    assert mounts[config_vol["name"]]["mountPath"] == "/etc/pycni/config"
+    assert "subPath" not in mounts[config_vol["name"]], "a subPath mount never updates"
+
+    assert ctr["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": port}
+    assert ctr["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": port}
+    assert set(env) <= INSTALLER_ENV, set(env) - INSTALLER_ENV
+    assert env["PYCNI_NODE_NAME"] == {"fieldRef": {"fieldPath": "spec.nodeName"}}
+    assert env["PYCNI_LISTEN"] == f"0.0.0.0:{port}"
+    assert env["PYCNI_CONFIG_DIR"] == "/etc/pycni/config"
+    assert env["PYCNI_CONFIG_KEY"] == "conflist.yaml"
+    assert env["PYCNI_CONF_NAME"] == values.get("confName", "10-pycni.conflist")
+    assert env["PYCNI_EXCLUSIVE"] == ("true" if values.get("exclusive") else "false")
+    assert env["PYCNI_RESYNC_SECONDS"] == str(values.get("resyncSeconds", 60))
+    assert env["PYCNI_MTU"] == str(values.get("mtu", 0))
+    assert ctr["resources"]["requests"] and ctr["resources"]["limits"]["memory"]
+
+    sc = ctr["securityContext"]
+    assert sc["runAsUser"] == 0 and sc["privileged"] is False
+    assert sc["allowPrivilegeEscalation"] is False and sc["readOnlyRootFilesystem"] is True
+    assert sc["capabilities"]["drop"] == ["ALL"]
+    node_check = values.get("nodeCheck", {}).get("enabled", True)
+    wanted_caps = values.get("capabilities", {}).get("add", []) + (["SYS_CHROOT"] if node_check else [])
+    assert sc["capabilities"].get("add", []) == wanted_caps
+    for name in ("PYCNI_POD_NAME", "PYCNI_POD_NAMESPACE", "PYCNI_POD_UID"):
+        assert "fieldRef" in env[name]
+    # The node check: the host's / read-only at /host/root (and nothing else from the host).
+    assert env["PYCNI_HOST_ROOT"] == ("/host/root" if node_check else "/")
+    if node_check:
+        assert host_paths.pop("host-root") == "/"
+        root_mount = mounts["host-root"]
+        assert (root_mount["mountPath"], root_mount["readOnly"], root_mount["mountPropagation"]) == (
+            "/host/root", True, "None")
+    else:
+        assert "host-root" not in host_paths and "host-root" not in mounts
+    assert ("seLinuxOptions" in sc) == values.get("seLinux", {}).get("enabled", False)
+    writable = {m["mountPath"] for m in ctr["volumeMounts"] if not m.get("readOnly")}
+    assert "/tmp" in writable
+
+
+def check_rbac(docs: List[Dict[str, Any]], api_watch: bool) -> None:
+    """Least privilege: nodes (cluster-wide, read), the one ConfigMap (read), Events (write)."""
+    (cm,) = by_kind(docs, "ConfigMap")
+    (sa,) = by_kind(docs, "ServiceAccount")
+    (ds,) = by_kind(docs, "DaemonSet")
+    assert ds["spec"]["template"]["spec"]["serviceAccountName"] == sa["metadata"]["name"]
+    granted = set()
+    for role in by_kind(docs, "ClusterRole") + by_kind(docs, "Role"):
+        for rule in role["rules"]:
+            for group in rule["apiGroups"]:
+                for resource in rule["resources"]:
+                    assert set(rule["verbs"]) <= ALLOWED_RULES[(group, resource)], rule
+                    if resource == "configmaps":
+                        assert role["kind"] == "Role"
+                        assert rule["resourceNames"] == [cm["metadata"]["name"]]
+                    granted.add((role["kind"], group, resource))
+    expected = {("ClusterRole", "", "nodes"), ("Role", "", "events")}
+    if api_watch:
+        expected.add(("Role", "", "configmaps"))
+    assert granted == expected
+    for binding in by_kind(docs, "ClusterRoleBinding") + by_kind(docs, "RoleBinding"):
+        assert binding["subjects"] == [{"kind": "ServiceAccount", "name": sa["metadata"]["name"],
+                                        "namespace": NAMESPACE}]
+    env = env_of(ds["spec"]["template"]["spec"]["containers"][0])
+    if api_watch:
+        assert env["PYCNI_CONFIGMAP"] == f"{NAMESPACE}/{cm['metadata']['name']}"
+        assert env["PYCNI_WATCH_API"] == "true"
+    else:
+        assert "PYCNI_CONFIGMAP" not in env
+        assert env["PYCNI_WATCH_API"] == "false"
+
+
+@pytest.mark.parametrize("combo", sorted(COMBOS))
+def test_chart_lint_render_validate(combo: str, helm: str, k8s_versions: List[str], tmp_path: Path) -> None:
+    values = COMBOS[combo]
+    args = _values_args(values, tmp_path)
+    lint = run(helm, "lint", "--strict", str(CHART), *args)
+    assert lint.returncode == 0, lint.stdout + lint.stderr
+    text = render(helm, args)
+    assert_valid(text, tmp_path, k8s_versions)
+    docs = objects(text)
+    assert sorted(d["kind"] for d in docs) == sorted([
+        "ClusterRole", "ClusterRoleBinding", "ConfigMap", "DaemonSet", "Role", "RoleBinding", "ServiceAccount"])
+    check_daemonset(docs, values)
+    check_rbac(docs, values.get("apiWatch", True))
+
+    (cm,) = by_kind(docs, "ConfigMap")
+    defaults = yaml.safe_load((CHART / "values.yaml").read_text())
+    assert yaml.safe_load(cm["data"]["conflist.yaml"]) == values.get("conflist", defaults["conflist"])
+
+    pod = by_kind(docs, "DaemonSet")[0]["spec"]["template"]["spec"]
+    if values.get("tolerateAllTaints", True):
+        assert {"operator": "Exists"} in pod["tolerations"]
+    else:
+        assert all(t.get("operator") != "Exists" or "key" in t for t in pod["tolerations"])
+    for toleration in values.get("tolerations", []):
+        assert toleration in pod["tolerations"]
+    # Helm merges maps: an extra nodeSelector adds to the default one.
+    assert pod["nodeSelector"] == {"kubernetes.io/os": "linux", **values.get("nodeSelector", {})}
+    image = values.get("image")
+    if image:
+        ctr = pod["containers"][0]
+        assert ctr["image"] == f"{image['repository']}:{image['tag']}"
+        assert ctr["imagePullPolicy"] == image["pullPolicy"]
+
+
+def test_default_conflist_shape(helm: str) -> None:
+    """pycni-bridge on cni0 with pycni-host-local over the node's podCIDRs, then pycni-dns."""
+    (cm,) = by_kind(objects(render(helm)), "ConfigMap")
+    conf = yaml.safe_load(cm["data"]["conflist.yaml"])
+    bridge, dns = conf["plugins"]
+    assert (bridge["type"], bridge["bridge"], bridge["isGateway"], bridge["ipMasq"]) == (
+        "pycni-bridge", "cni0", True, True)
+    assert bridge["ipam"] == {"type": "pycni-host-local", "ranges": "__POD_CIDR_RANGES__"}
+    assert dns["type"] == "pycni-dns"
+
+
+@pytest.mark.parametrize("bad", [
+    ["--set", "resyncSeconds=0"],
+    ["--set", "confName=pycni.txt"],
+    ["--set", "apiWatch=maybe"],
+    ["--set", "nosuchkey=1"],
+    ["--set-json", 'conflist={"cniVersion":"1.0.0","name":"x","plugins":[]}'],
+    ["--set", "image.pullPolicy=Sometimes"],
+])
+def test_schema_rejects_bad_values(bad: List[str], helm: str) -> None:
+    proc = template(helm, *bad)
+    assert proc.returncode != 0
+    assert "schema" in proc.stderr, proc.stderr
+
+
+def test_strict_validation_catches_a_typo(helm: str, k8s_versions: List[str], tmp_path: Path) -> None:
+    """Negative control: the validation step really rejects an unknown field."""
+    text = render(helm).replace("hostNetwork: true", "hostNetwork: true\n      hostNetwrok: true", 1)
+    path = tmp_path / "typo.yaml"
+    path.write_text(text)
+    proc = kube_validate(path, k8s_versions)
+    assert proc.returncode != 0 and "hostNetwrok" in proc.stdout
+
+
+@pytest.mark.parametrize("api_watch", [True, False])
+def test_notes_tell_how_to_check_and_edit(api_watch: bool, helm: str, tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [helm, "install", "pycni", str(CHART), "--namespace", NAMESPACE, "--dry-run=client",
+         "--set", f"apiWatch={str(api_watch).lower()}"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "KUBECONFIG": str(tmp_path / "none")},
+    )
+    assert proc.returncode == 0, proc.stderr
+    notes = proc.stdout.split("NOTES:", 1)[1]
+    assert "rollout status daemonset/pycni" in notes
+    assert "/readyz" in notes
+    assert "edit configmap pycni-config" in notes
+    assert ("get events" in notes) == api_watch
+    assert ("within seconds" in notes) == api_watch
+
+
+def _render_manifest_module():
+    spec = importlib.util.spec_from_file_location("render_manifest", ROOT / "tools" / "render-manifest.py")
+    module = importlib.util.module_from_spec(spec)
+    assert spec.loader is not None
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_manifest_is_up_to_date(helm: str) -> None:
+    """charts/pycni.yaml must equal the chart rendered with default values."""
+    module = _render_manifest_module()
+    assert MANIFEST.read_text() == module.render(helm), (
+        "charts/pycni.yaml is out of date: run python3 tools/render-manifest.py")
+    check = subprocess.run([sys.executable, str(ROOT / "tools" / "render-manifest.py"), "--check"],
+                           env={"PATH": "/usr/bin:/bin", "HELM": helm},
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert check.returncode == 0, check.stderr
+
+
+def test_manifest_check_notices_a_chart_change(helm: str, tmp_path: Path) -> None:
+    """Negative control: a changed default changes the rendered manifest."""
+    module = _render_manifest_module()
+    chart = tmp_path / "pycni"
+    shutil.copytree(CHART, chart)
+    values = chart / "values.yaml"
+    values.write_text(values.read_text().replace("resyncSeconds: 60", "resyncSeconds: 61"))
+    module.CHART = chart
+    assert module.render(helm) != MANIFEST.read_text()
+
+
+def test_manifest_validates(k8s_versions: List[str], tmp_path: Path) -> None:
+    proc = kube_validate(MANIFEST, k8s_versions)
+    assert proc.returncode == 0, proc.stdout
+    docs = objects(MANIFEST.read_text())
+    check_daemonset(docs, {})
+    check_rbac(docs, api_watch=True)
+    assert {d["metadata"].get("namespace", NAMESPACE) for d in docs} == {NAMESPACE}
+
+
+SAMPLE_NODES = {
+    "dual-stack": ["10.244.3.0/24", "fd00:10:244:3::/64"],
+    "ipv4-only": ["10.244.7.0/24"],
+}
+
+
+@pytest.mark.parametrize("node", sorted(SAMPLE_NODES))
+def test_default_conflist_passes_installer_validation(node: str, helm: str, bin_dir: Path) -> None:
+    """The chart's default conflist, rendered for a sample node, is what the installer would write."""
+    from pycni.installer.render import NodeFacts, parse_template
+    from pycni.installer.render import render as render_conflist
+    from pycni.installer.validate import validate
+
+    (cm,) = by_kind(objects(render(helm)), "ConfigMap")
+    template = parse_template(cm["data"]["conflist.yaml"])
+    facts = NodeFacts(name="node-" + node, pod_cidrs=SAMPLE_NODES[node], mtu=1450)
+    conflist = validate(render_conflist(template, facts), bin_dir)
+    bridge = conflist["plugins"][0]
+    assert bridge["mtu"] == 1450
+    assert bridge["ipam"]["ranges"] == [[{"subnet": cidr}] for cidr in SAMPLE_NODES[node]]
+
+
+def test_installer_validation_rejects_a_broken_chart_conflist(helm: str, bin_dir: Path,
+                                                              tmp_path: Path) -> None:
+    """Negative control: a conflist naming a plugin that is not installed fails the same check."""
+    from pycni.installer.render import NodeFacts, parse_template
+    from pycni.installer.render import render as render_conflist
+    from pycni.installer.validate import ValidationError, validate
+
+    broken = {"cniVersion": "1.0.0", "name": "x", "plugins": [{"type": "pycni-nosuch"}]}
+    text = render(helm, _values_args({"conflist": broken}, tmp_path))
+    (cm,) = by_kind(objects(text), "ConfigMap")
+    rendered = render_conflist(parse_template(cm["data"]["conflist.yaml"]),
+                               NodeFacts(name="n", pod_cidrs=["10.0.0.0/24"], mtu=1500))
+    with pytest.raises(ValidationError):
+        validate(rendered, bin_dir)

@@ -1,0 +1,69 @@
+#!/usr/bin/env python3
+"""Regenerate charts/pycni.yaml, the single `kubectl apply -f` manifest, from the Helm chart.
+
+    python3 tools/render-manifest.py            # write charts/pycni.yaml
+    python3 tools/render-manifest.py --check    # exit 1 if it is out of date with the chart
+
+The manifest is `helm template` of charts/pycni with default values, release name `pycni`
+in namespace kube-system. Helm comes from tools/install-helm.sh (or $HELM).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+CHART = ROOT / "charts" / "pycni"
+MANIFEST = ROOT / "charts" / "pycni.yaml"
+RELEASE = "pycni"
+NAMESPACE = "kube-system"
+HEADER = (
+    "# pycni: the installer DaemonSet, its ConfigMap and RBAC, for `kubectl apply -f charts/pycni.yaml`.\n"
+    "# Generated from charts/pycni with default values by `python3 tools/render-manifest.py`:\n"
+    "# do not edit by hand; change the chart and regenerate.\n"
+)
+
+
+def helm_binary() -> str:
+    """$HELM, else the helm that tools/install-helm.sh installs (and caches)."""
+    if os.environ.get("HELM"):
+        return os.environ["HELM"]
+    out = subprocess.run(["bash", str(ROOT / "tools" / "install-helm.sh")], check=True,
+                         stdout=subprocess.PIPE, text=True).stdout
+    return out.strip().splitlines()[-1]
+
+
+def render(helm: str) -> str:
+    """The manifest text for the chart as it is now."""
+    out = subprocess.run(
+        [helm, "template", RELEASE, str(CHART), "--namespace", NAMESPACE],
+        check=True, stdout=subprocess.PIPE, text=True,
+    ).stdout
+    return HEADER + out.lstrip("\n")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="only check that the manifest is up to date")
+    args = parser.parse_args()
+    text = render(helm_binary())
+    current = MANIFEST.read_text() if MANIFEST.exists() else None
+    if args.check:
+        if current != text:
+            print(f"{MANIFEST.relative_to(ROOT)} is out of date with the chart: "
+                  "run python3 tools/render-manifest.py", file=sys.stderr)
+            return 1
+        return 0
+    if current != text:
+        tmp = MANIFEST.with_name("." + MANIFEST.name + ".tmp")
+        tmp.write_text(text)
+        os.replace(tmp, MANIFEST)
+        print(f"wrote {MANIFEST.relative_to(ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
