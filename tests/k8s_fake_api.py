@@ -411,6 +411,41 @@ class _Handler(BaseHTTPRequestHandler):
         code, obj = self.fake._create(resource, namespace or "", body)
         self._send_json(code, obj)
 
+    @staticmethod
+    def _merge(target: Any, patch: Any) -> Any:
+        """RFC 7386 JSON merge patch (null deletes a key); for maps strategic merge patch does the same."""
+        if not isinstance(patch, dict):
+            return patch
+        out = dict(target) if isinstance(target, dict) else {}
+        for key, value in patch.items():
+            if value is None:
+                out.pop(key, None)
+            else:
+                out[key] = _Handler._merge(out.get(key), value)
+        return out
+
+    def do_PATCH(self) -> None:
+        """PATCH one object: JSON merge patch or strategic merge patch (as a merge patch: enough for maps)."""
+        resource, namespace, name, _ = self._route()
+        raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        if resource is None or name is None:
+            return self._not_found()
+        ctype = (self.headers.get("Content-Type") or "").split(";")[0].strip()
+        if ctype not in ("application/merge-patch+json", "application/strategic-merge-patch+json"):
+            return self._send_json(415, status_object(415, "UnsupportedMediaType",
+                                                      f"the body of the request was in an unknown format: {ctype}"))
+        try:
+            patch = json.loads(raw)
+        except ValueError:
+            return self._send_json(400, status_object(400, "BadRequest", "invalid JSON body"))
+        with self.fake._lock:
+            obj = self.fake.get(resource, name, namespace or "")
+            if obj is None:
+                return self._not_found(f'{resource} "{name}" not found')
+            merged = self._merge(obj, patch)
+            merged["metadata"]["name"] = name
+            self._send_json(200, self.fake.put(resource, merged))
+
     def _stream(self, resource: str, namespace: Optional[str], selector: Dict[str, str],
                 query: Dict[str, str]) -> None:
         self.send_response(200)

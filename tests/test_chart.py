@@ -244,7 +244,8 @@ def test_chart_lint_render_validate(combo: str, helm: str, k8s_versions: List[st
 
     (cm,) = by_kind(docs, "ConfigMap")
     defaults = yaml.safe_load((CHART / "values.yaml").read_text())
-    assert yaml.safe_load(cm["data"]["conflist.yaml"]) == values.get("conflist", defaults["conflist"])
+    # Helm merges maps: a conflist passed in keeps the default's top-level keys it does not set.
+    assert yaml.safe_load(cm["data"]["conflist.yaml"]) == {**defaults["conflist"], **values.get("conflist", {})}
 
     pod = by_kind(docs, "DaemonSet")[0]["spec"]["template"]["spec"]
     if values.get("tolerateAllTaints", True):

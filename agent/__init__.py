@@ -1,0 +1,1 @@
+"""pycni-agent: cross-node pod networking (host-gw routes or a VXLAN overlay) from the Nodes' podCIDRs."""
