@@ -112,6 +112,14 @@ class Installer:
             return None, f"{cm.label}: not listed yet"
         return None, "no config source (set --config-dir and/or --configmap)"
 
+    def _overlay_mtu(self, host: int) -> int:
+        """The pod MTU: the host's, less the VXLAN overhead when the node agent runs the vxlan backend."""
+        from pycni.agent.config import KEY, pod_mtu
+
+        sources = [s for s in (self.configmap if self.configmap and self.configmap.synced else None, self.volume) if s]
+        text = next((t for t in (s.text(KEY) for s in sources) if t is not None), None)
+        return pod_mtu(host, text)
+
     def _facts(self, used: set) -> NodeFacts:
         if self.s.mtu:
             mtu = self.s.mtu
@@ -119,7 +127,7 @@ class Installer:
             if self._mtu is None:
                 self._mtu = host_mtu()
                 self.log.info("mtu_detected", mtu=self._mtu[0], source=self._mtu[1])
-            mtu = self._mtu[0]
+            mtu = self._overlay_mtu(self._mtu[0])
         cidrs: Optional[List[str]] = None
         if used & set(NEEDS_POD_CIDRS) and self.s.pod_cidrs:
             cidrs = list(self.s.pod_cidrs)

@@ -45,9 +45,9 @@ class ConfigMapSource:
                           present=new is not None)
         self.notify()
 
-    def text(self) -> Optional[str]:
+    def text(self, key: Optional[str] = None) -> Optional[str]:
         data = (self.obj or {}).get("data") or {}
-        value = data.get(self.key)
+        value = data.get(key or self.key)
         return value if isinstance(value, str) else None
 
     def involved_object(self) -> Dict[str, Any]:

@@ -78,9 +78,9 @@ class VolumeSource:
     def label(self) -> str:
         return f"volume {self.config_dir}/{self.key}"
 
-    def text(self) -> Optional[str]:
+    def text(self, key: Optional[str] = None) -> Optional[str]:
         try:
-            return (self.config_dir / self.key).read_text()
+            return (self.config_dir / (key or self.key)).read_text()
         except (OSError, UnicodeDecodeError):
             return None
 

@@ -93,11 +93,6 @@ def warm_up() -> None:
         warm = getattr(plugin, "warm_up", None)
         if callable(warm):
             warm()
-    try:
-        import pyroute2  # noqa: F401
-        from pyroute2 import IPRoute, NetNS  # noqa: F401
-    except ImportError:
-        pass
 
 
 def _peer_uid(conn: socket.socket) -> int:
