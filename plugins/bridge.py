@@ -430,13 +430,8 @@ class Bridge(Plugin):
 
         cfg: BridgeConfig = ctx.config
         prev = ctx.conf.prev_result
-        if prev is None:
-            raise CNIError(INVALID_CONFIG, "CHECK needs a prevResult")
         ifname = ctx.inv.ifname
-        position = next((i for i, itf in enumerate(prev.interfaces) if itf.name == ifname and itf.sandbox), None)
-        if position is None:
-            raise CNIError(INTERNAL, f"prevResult has no interface {ifname!r} in a sandbox")
-        expected = prev.interfaces[position]
+        position, expected = ifconfig.container_interface(prev, ifname)
         with self._open_netns(ctx.inv.netns) as netns:
             sock = netns.socket()
             try:

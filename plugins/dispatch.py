@@ -65,7 +65,6 @@ def run(load_plugin: PluginLoader, environ: Mapping[str, str], stdin: bytes,
 def _run_verb(load_plugin: PluginLoader, environ: Mapping[str, str], stdin: bytes,
               runner: Optional[Callable]) -> Tuple[bytes, int]:
     from .config import parse_netconf
-    from .delegate import IpamDelegate
     from .env import Invocation
     from .log import EventLog
     from .plugin import Context
@@ -83,6 +82,8 @@ def _run_verb(load_plugin: PluginLoader, environ: Mapping[str, str], stdin: byte
     config = plugin.load_config(conf)
     ipam = None
     if plugin.delegates_ipam and conf.ipam_type:
+        from .delegate import IpamDelegate  # subprocess: only for plugins that delegate
+
         ipam = IpamDelegate(conf.ipam_type, inv, stdin, runner)
     ctx = Context(inv=inv, conf=conf, config=config, stdin=stdin, log=log, ipam=ipam)
     log.debug("request", command=inv.command, netns=inv.netns)

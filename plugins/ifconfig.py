@@ -9,12 +9,22 @@ import ipaddress
 import socket
 
 from . import netlink as nl
-from .errors import INTERNAL, CNIError
-from .result import IPConfig, Result, Route
+from .errors import INTERNAL, INVALID_CONFIG, CNIError
+from .result import Interface, IPConfig, Result, Route
 
 TYPE_CHECKING = False  # typing is not imported at run time: it costs every exec milliseconds
 if TYPE_CHECKING:
-    from typing import List, Optional
+    from typing import List, Optional, Tuple
+
+
+def container_interface(prev: Optional[Result], ifname: str) -> Tuple[int, Interface]:
+    """CHECK's starting point: the position and entry of the container interface in prevResult."""
+    if prev is None:
+        raise CNIError(INVALID_CONFIG, "CHECK needs a prevResult")
+    position = next((i for i, itf in enumerate(prev.interfaces) if itf.name == ifname and itf.sandbox), None)
+    if position is None:
+        raise CNIError(INTERNAL, f"prevResult has no interface {ifname!r} in a sandbox")
+    return position, prev.interfaces[position]
 
 
 def _ips_for(result: Result, if_position: int) -> List[IPConfig]:

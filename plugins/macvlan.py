@@ -176,12 +176,8 @@ class Macvlan(Plugin):
 
         cfg: MacvlanConfig = ctx.config
         prev = ctx.conf.prev_result
-        if prev is None:
-            raise CNIError(INVALID_CONFIG, "CHECK needs a prevResult")
         ifname = ctx.inv.ifname
-        position = next((i for i, itf in enumerate(prev.interfaces) if itf.name == ifname and itf.sandbox), None)
-        if position is None:
-            raise CNIError(INTERNAL, f"prevResult has no interface {ifname!r} in a sandbox")
+        position, expected = ifconfig.container_interface(prev, ifname)
         try:
             netns = nl.Netns(ctx.inv.netns)
         except OSError as exc:
@@ -194,9 +190,8 @@ class Macvlan(Plugin):
             want = nl.MACVLAN_MODES[cfg.mode]
             if mode is not None and int.from_bytes(mode[:4], "little") != want:
                 raise CNIError(INTERNAL, f"{ifname} is not in macvlan mode {cfg.mode}")
-            expected = prev.interfaces[position].mac
-            if expected and link.mac.lower() != expected.lower():
-                raise CNIError(INTERNAL, f"{ifname} has MAC {link.mac}, expected {expected}")
+            if expected.mac and link.mac.lower() != expected.mac.lower():
+                raise CNIError(INTERNAL, f"{ifname} has MAC {link.mac}, expected {expected.mac}")
             ifconfig.check(sock, prev, link.index, ifname, position)
         if ctx.ipam:
             ctx.ipam.check()

@@ -7,6 +7,7 @@ interrupted (Ctrl-C / SIGTERM).
 """
 from __future__ import annotations
 
+import argparse
 import json
 import shutil
 import signal
@@ -71,29 +72,50 @@ class Demo:
         for name in ("web", "db"):
             pod = f"{name}-{SUFFIX}"
             step(f"pod {pod}: new network namespace, ADD")
+            self.pods.append(pod)  # before it exists: an interrupt right after must still remove it
             run("ip", "netns", "add", pod)
-            self.pods.append(pod)
             result = json.loads(self.pycni("add", pod).stdout)
             ips = ", ".join(ip["address"] for ip in result.get("ips", []))
-            print(f"    got {ips}; nameservers {result.get('dns', {}).get('nameservers')}")
+            dns = result.get("dns", {})
+            print(f"    got {ips}; nameservers {dns.get('nameservers')}, search {dns.get('search')}")
+            self.write_resolv_conf(pod, dns)
             run("ip", "-n", pod, "-brief", "address", "show", "eth0")
         a, b = self.pods
-        step(f"{a} pings {b} by name through the network's DNS server")
-        run("ip", "netns", "exec", a, "ping", "-c", "2", "-W", "2", f"{b}.demo.pycni")
+        step(f"{a} pings {b} by its name, resolved by the network's DNS server")
+        run("ip", "netns", "exec", a, "ping", "-c", "2", "-W", "2", b)
         step(f"{a} pings the gateway")
         run("ip", "netns", "exec", a, "ping", "-c", "1", "-W", "2", SUBNET.replace("0/24", "1"))
+
+    @staticmethod
+    def write_resolv_conf(pod: str, dns: dict) -> None:
+        """What a runtime does with the result's dns: the pod's resolv.conf (`ip netns exec` mounts it)."""
+        lines = [f"nameserver {ns}" for ns in dns.get("nameservers", [])]
+        if dns.get("search"):
+            lines.append("search " + " ".join(dns["search"]))
+        path = Path("/etc/netns") / pod / "resolv.conf"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("\n".join(lines) + "\n")
+        print(f"    resolv.conf of the pod: {'; '.join(lines)}")
 
     def cleanup(self) -> None:
         step("DEL every pod and remove what the demo made")
         for pod in reversed(self.pods):
             self.pycni("del", pod)
             run("ip", "netns", "del", pod, check=False, show=False)
+            shutil.rmtree(Path("/etc/netns") / pod, ignore_errors=True)
         run("ip", "link", "del", BRIDGE, check=False, show=False)
         shutil.rmtree(self.workdir, ignore_errors=True)
-        print("    clean: no namespaces, bridge, addresses or DNS records of the demo remain")
+        left = [p for p in self.pods if Path(f"/var/run/netns/{p}").exists()]
+        left += [BRIDGE] if Path(f"/sys/class/net/{BRIDGE}").exists() else []
+        left += [p for p in self.pods if (Path("/etc/netns") / p).exists()]
+        print(f"    left behind: {left}" if left else "    clean: no namespace, bridge, address or DNS record remains")
 
 
 def main() -> None:
+    global BIN
+    parser = argparse.ArgumentParser(description="pycni demo: two namespaces networked by pycni, then cleaned up")
+    parser.add_argument("--bin", type=Path, default=BIN, help="dir with the built zipapps (default dist/bin)")
+    BIN = parser.parse_args().bin
     if not BIN.joinpath("pycni-bridge").exists():
         raise SystemExit("demo: build the zipapps first (make zipapps)")
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))

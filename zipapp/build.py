@@ -45,8 +45,16 @@ def _library_dir(name: str) -> Path:
     return Path(list(spec.submodule_search_locations)[0])
 
 
+def launcher_modules() -> List[Tuple[str, bytes]]:
+    """Top-level modules the launcher imports before (or instead of) the unpacked payload."""
+    return [("_pycni_unpack.py", (HERE / "_pycni_unpack.py").read_bytes()),
+            ("_pycni_client.py", (HERE / "_pycni_client.py").read_bytes()),
+            ("_pycni_wire.py", (ROOT / "plugins" / "wire.py").read_bytes())]
+
+
 def payload_files(plugin: str) -> List[Tuple[str, bytes]]:
-    files = [("payload/pycni/__init__.py", b"")]
+    # The client and wire modules go into the payload too, so a cached run imports their bytecode.
+    files = [("payload/pycni/__init__.py", b"")] + [(f"payload/{n}", d) for n, d in launcher_modules()[1:]]
     files += _tree(ROOT / "plugins", "payload/pycni/plugins")
     for library in VENDORED[plugin]:
         files += _tree(_library_dir(library), f"payload/{library}")
@@ -61,10 +69,10 @@ def _plugins_code_id() -> str:
     return module.code_id(ROOT / "plugins")
 
 
-def _write(zf: zipfile.ZipFile, name: str, data: bytes) -> None:
+def _write(zf: zipfile.ZipFile, name: str, data: bytes, compress: bool = True) -> None:
     info = zipfile.ZipInfo(name, FIXED_TIME)
     info.external_attr = (stat.S_IFREG | 0o644) << 16
-    info.compress_type = zipfile.ZIP_DEFLATED
+    info.compress_type = zipfile.ZIP_DEFLATED if compress else zipfile.ZIP_STORED
     zf.writestr(info, data)
 
 
@@ -79,10 +87,10 @@ def build(plugin: str, out_dir: Path) -> Path:
     launcher = launcher.replace("@CODE_ID@", _plugins_code_id())
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as zf:
-        _write(zf, "__main__.py", launcher.encode())
-        _write(zf, "_pycni_unpack.py", (HERE / "_pycni_unpack.py").read_bytes())
-        _write(zf, "_pycni_client.py", (HERE / "_pycni_client.py").read_bytes())
-        _write(zf, "_pycni_wire.py", (ROOT / "plugins" / "wire.py").read_bytes())
+        # What runs from the archive itself on every exec is stored, not deflated: no zlib import.
+        _write(zf, "__main__.py", launcher.encode(), compress=False)
+        for name, data in launcher_modules():
+            _write(zf, name, data, compress=False)
         for name, data in payload:
             _write(zf, name, data)
     out_dir.mkdir(parents=True, exist_ok=True)

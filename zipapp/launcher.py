@@ -28,29 +28,33 @@ def _trusted(path):
     return st.st_uid == os.geteuid() and not st.st_mode & 0o022
 
 
-def _payload_dir():
-    """The unpacked, byte-compiled payload for this build and interpreter, or None."""
+def _cache_dirs():
+    """(cache base, this build's unpacked payload dir for this interpreter)."""
     import os
 
     base = os.environ.get("PYCNI_CACHE_DIR") or "/var/cache/pycni"
-    target = os.path.join(base, "%s-%s-%s" % (PLUGIN, BUILD_ID, sys.implementation.cache_tag))
-    if _trusted(base) and _trusted(target):
-        return target
-    from _pycni_unpack import unpack
-
-    return unpack(sys.path[0], base, target)
+    return base, os.path.join(base, "%s-%s-%s" % (PLUGIN, BUILD_ID, sys.implementation.cache_tag))
 
 
 def _main():
+    import os
+
     archive = sys.path[0]
+    base, target = _cache_dirs()
+    payload = target if _trusted(base) and _trusted(target) else None
+    if payload:
+        sys.path.insert(0, payload)  # the client below then imports from bytecode, not the archive
     stdin = None
-    if __import__("os").environ.get("CNI_COMMAND", "VERSION") != "VERSION":
+    if os.environ.get("CNI_COMMAND", "VERSION") != "VERSION":
         from _pycni_client import handle_via_server
 
         stdin = handle_via_server(PLUGIN, CODE_ID)  # exits when the node server answered
-    payload = _payload_dir()
+    if payload is None:
+        from _pycni_unpack import unpack
+
+        payload = unpack(archive, base, target)
     # Without a usable cache, import straight from the archive: slower, but it works.
-    sys.path[0] = payload or archive + "/payload"
+    sys.path[:] = [payload or archive + "/payload"] + [p for p in sys.path if p not in (archive, payload)]
     from pycni.plugins.entry import main
 
     main(PLUGIN, stdin)
