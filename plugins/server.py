@@ -95,9 +95,25 @@ def warm_up() -> None:
             warm()
 
 
-def _peer_uid(conn: socket.socket) -> int:
+def _peer(conn: socket.socket) -> Tuple[int, int]:
+    """(pid, uid) of the client; pid is 0 when it lives outside our pid namespace."""
     creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    return struct.unpack("3i", creds)[1]
+    pid, uid, _gid = struct.unpack("3i", creds)
+    return pid, uid
+
+
+def _in_other_netns(pid: int) -> bool:
+    """Whether a client we can see runs in another network namespace than ours.
+
+    Its request must then run where it is (in-process), as an exec would: a
+    plugin started inside some namespace works on that namespace's host side.
+    Clients we cannot see (another pid namespace, e.g. the host seen from the
+    server's container) reached our socket on the host and are served.
+    """
+    try:
+        return os.stat(f"/proc/{pid}/ns/net").st_ino != os.stat("/proc/self/ns/net").st_ino
+    except OSError:
+        return False
 
 
 class Server:
@@ -203,7 +219,8 @@ class Server:
     def handle(self, conn: socket.socket) -> None:
         conn.settimeout(REQUEST_TIMEOUT_SECONDS)
         try:
-            if _peer_uid(conn) != os.geteuid():
+            pid, uid = _peer(conn)
+            if uid != os.geteuid():
                 return  # only the server's own user (root) may have requests run
             plugin, code_id, environ, stdin = wire.read_request(conn)
         except (OSError, wire.WireError, UnicodeDecodeError, struct.error):
@@ -213,7 +230,7 @@ class Server:
             return
         from .registry import PLUGIN_MODULES
 
-        if code_id != self.code_id or plugin not in PLUGIN_MODULES:
+        if code_id != self.code_id or plugin not in PLUGIN_MODULES or (pid and _in_other_netns(pid)):
             conn.sendall(wire.encode_response(wire.DECLINED, b""))
             return
         conn.settimeout(None)

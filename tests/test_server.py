@@ -1,6 +1,7 @@
 """The node server: same answers as an exec, isolation, fallbacks, hostile input, clean restarts."""
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from conftest import start_node_server
-from helpers import exec_plugin, plugin_env
+from helpers import exec_plugin, link_exists, plugin_env, sh, unique
 from pycni.plugins import wire
 from pycni.plugins.buildinfo import own_code_id
 from pycni.plugins.server import SameBuildRunner, health
@@ -88,6 +89,22 @@ def test_other_builds_are_declined_and_run_in_process(bin_dir: Path, server, tmp
         assert wire.read_response(sock) == (wire.DECLINED, b"")
     out, rc, _ = exec_plugin(other, plugin_env("ADD", "/x", "c", extra={"PYCNI_SERVER_SOCKET": str(path)}), b"")
     assert rc == 1 and out["code"] == 6
+
+
+def test_clients_in_another_netns_run_in_process(bin_dir: Path, server, make_netns) -> None:
+    """A plugin exec'd inside some namespace works on that namespace's host side, as an exec would."""
+    path, _ = server
+    node, pod = make_netns("sn"), make_netns("sp")
+    bridge = unique("sbr")
+    conf = {"cniVersion": "1.0.0", "name": "srvnet", "type": "pycni-bridge", "bridge": bridge, "ipam": {}}
+    env = plugin_env("ADD", f"/var/run/netns/{pod}", "ctr1", extra={"PYCNI_SERVER_SOCKET": str(path)})
+    try:
+        proc = subprocess.run(["ip", "netns", "exec", node, str(bin_dir / "pycni-bridge")],
+                              input=json.dumps(conf).encode(), env=env, stdout=subprocess.PIPE)
+        assert proc.returncode == 0, proc.stdout
+        assert link_exists(bridge, node) and not link_exists(bridge)
+    finally:
+        sh("ip", "link", "del", bridge, check=False)
 
 
 def test_no_listener_behind_the_socket_path_means_in_process(bin_dir: Path, tmp_path: Path) -> None:
