@@ -6,6 +6,8 @@ import json
 import os
 import re
 import shutil
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -46,6 +48,28 @@ def _replace(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
+EXEC_LOOP = """
+import json, os, subprocess, sys
+target, stop_file, stop_at_first = sys.argv[1], sys.argv[2], sys.argv[3] == "1"
+execs, failures = 0, []
+progress = os.path.join(os.path.dirname(stop_file), "execs-%d" % os.getpid())
+while not os.path.exists(stop_file):
+    try:
+        proc = subprocess.run([target], input=b"", stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd="/")
+        out = json.loads(proc.stdout)
+        if proc.returncode != 0 or "1.1.0" not in out.get("supportedVersions", []):
+            failures.append("rc=%s out=%r err=%r" % (proc.returncode, out, proc.stderr[-300:]))
+    except Exception as exc:  # non-JSON stdout, exec failure (ENOENT, ETXTBSY...)
+        failures.append("%s: %s" % (type(exc).__name__, exc))
+    execs += 1
+    with open(progress, "w") as f:
+        f.write(str(execs))
+    if failures and stop_at_first:
+        open(stop_file, "w").close()
+print(json.dumps({"execs": execs, "failures": failures}))
+"""
+
+
 def _exec_while_replacing(tmp_path: Path, bin_dir: Path, install: Callable[[Path, Path], int],
                           seconds: float, stop_at_first_failure: bool = False,
                           min_execs: int = 0) -> Tuple[int, int, List[str]]:
@@ -61,39 +85,32 @@ def _exec_while_replacing(tmp_path: Path, bin_dir: Path, install: Callable[[Path
     (src / "pycni-host-local").chmod(0o755)
     install(src, dst)
     target = dst / "pycni-host-local"
-    execs: List[int] = []
-    failures: List[str] = []
-    stop = threading.Event()
-
-    def run() -> None:
-        while not stop.is_set():
-            try:
-                out, rc, err = exec_plugin(target, plugin_env("VERSION"), b"")
-                if rc != 0 or not isinstance(out, dict) or "1.1.0" not in out.get("supportedVersions", []):
-                    failures.append(f"rc={rc} out={out!r} err={err[-300:]!r}")
-            except Exception as exc:  # non-JSON stdout, exec failure (ENOENT, ETXTBSY...)
-                failures.append(f"{type(exc).__name__}: {exc}")
-            execs.append(1)
-            if failures and stop_at_first_failure:
-                stop.set()
-
-    threads = [threading.Thread(target=run) for _ in range(2)]
-    for t in threads:
-        t.start()
+    # The exec loops run in another process, as a runtime does: forked children of this process
+    # could inherit the installer's temp file open for writing, and exec'ing it would then fail
+    # with ETXTBSY for a reason no node has.
+    stop_file = tmp_path / "stop"
+    loops = [subprocess.Popen([sys.executable, "-c", EXEC_LOOP, str(target), str(stop_file),
+                               "1" if stop_at_first_failure else "0"],
+                              env=plugin_env("VERSION"), stdout=subprocess.PIPE, text=True) for _ in range(2)]
     copies, n = 0, 0
     deadline, cap = time.monotonic() + seconds, time.monotonic() + 60
+
+    def execs_so_far() -> int:
+        return sum(int(f.read_text() or 0) for f in tmp_path.glob("execs-*"))
+
     try:
-        while (time.monotonic() < deadline or len(execs) < min_execs) and time.monotonic() < cap \
-                and not stop.is_set():
+        while (time.monotonic() < deadline or execs_so_far() < min_execs) and time.monotonic() < cap \
+                and not stop_file.exists():
             _replace(src / "pycni-host-local", variant if n % 2 == 0 else original)
             n += 1
             copies += install(src, dst)
     finally:
-        stop.set()
-        for t in threads:
-            t.join()
+        stop_file.touch()
+        results = [json.loads(loop.communicate(timeout=120)[0]) for loop in loops]
+    execs = sum(r["execs"] for r in results)
+    failures = [f for r in results for f in r["failures"]]
     assert target.read_bytes() in (original, variant)
-    return len(execs), copies, failures
+    return execs, copies, failures
 
 
 def test_binary_replaced_while_being_executed(tmp_path: Path, bin_dir: Path) -> None:
