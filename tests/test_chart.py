@@ -2,11 +2,13 @@
 
 helm comes from tools/install-helm.sh (a registry package, cached on the machine). Every
 rendered object is validated with `kubernetes-validate --strict` against Kubernetes 1.30 and
-the newest version that package ships.
+the newest version that package ships. The DaemonSet has up to three containers: installer,
+pycni-server (node server) and pycni-agent (node agent).
 """
 from __future__ import annotations
 
 import importlib.util
+import json
 import shutil
 import subprocess
 import sys
@@ -33,9 +35,17 @@ INSTALLER_ENV = {
     # added by the installer since: the node check's host root, this Pod for Events
     "PYCNI_HOST_ROOT", "PYCNI_POD_NAME", "PYCNI_POD_NAMESPACE", "PYCNI_POD_UID",
 }
-# The most RBAC may grant: (apiGroup, resource) -> verbs.
+# Env vars pycni-agent reads (agent/settings.py and the installer's API client).
+AGENT_ENV = {
+    "NODE_NAME", "PYCNI_NODE_NAME", "PYCNI_CONFIGMAP", "PYCNI_AGENT_CONFIG_KEY", "PYCNI_AGENT_LISTEN",
+    "PYCNI_AGENT_RESYNC_SECONDS", "PYCNI_LOG_LEVEL", "PYCNI_WATCH_TIMEOUT_SECONDS", "PYCNI_DEBOUNCE_SECONDS",
+}
+SERVER_ENV = {"PYCNI_SERVER_SOCKET", "PYCNI_SERVER_MAX_WORKERS"}
+SERVER_CAPS = ["NET_ADMIN", "SYS_ADMIN", "NET_RAW", "NET_BIND_SERVICE"]
+AGENT_CAPS = ["NET_ADMIN", "NET_RAW"]
+# The most RBAC may grant: (apiGroup, resource) -> verbs (patch on nodes: only with the agent).
 ALLOWED_RULES = {
-    ("", "nodes"): {"get", "list", "watch"},
+    ("", "nodes"): {"get", "list", "watch", "patch"},
     ("", "configmaps"): {"get", "list", "watch"},
     ("", "events"): {"create", "patch"},
 }
@@ -54,6 +64,14 @@ EXTRA_TOLERATION = {"key": "dedicated", "operator": "Equal", "value": "net", "ef
 COMBOS: Dict[str, Dict[str, Any]] = {
     "defaults": {},
     "api-watch-off": {"apiWatch": False, "nodeCheck": {"enabled": False}},
+    "api-watch-off-agent-off": {"apiWatch": False, "agent": {"enabled": False}},
+    "server-off": {"server": {"enabled": False}},
+    "agent-off": {"agent": {"enabled": False}},
+    "server-and-agent-off": {"server": {"enabled": False}, "agent": {"enabled": False}},
+    "server-unprivileged": {"server": {"privileged": False, "maxWorkers": 8}, "seLinux": {"enabled": True}},
+    "vxlan": {"network": {"backend": "vxlan", "vxlan": {"vni": 42, "mtu": 1400, "port": 4789},
+                          "clusterCIDRs": ["10.244.0.0/16", "fd00:10:244::/48"], "masquerade": False},
+              "agent": {"healthPort": 19766}, "hostPaths": {"cniBinDir": "/home/kubernetes/bin"}},
     "exclusive": {"exclusive": True, "resyncSeconds": 15},
     "scheduling": {"tolerateAllTaints": False, "tolerations": [EXTRA_TOLERATION],
                    "nodeSelector": {"pool": "edge"}},
@@ -135,12 +153,22 @@ def env_of(container: Dict[str, Any]) -> Dict[str, Any]:
     return {e["name"]: e.get("value", e.get("valueFrom")) for e in container["env"]}
 
 
+def enabled(values: Dict[str, Any], part: str) -> bool:
+    """server.enabled / agent.enabled (both default true)."""
+    return values.get(part, {}).get("enabled", True)
+
+
+def containers_of(docs: List[Dict[str, Any]]) -> Dict[str, Dict[str, Any]]:
+    (ds,) = by_kind(docs, "DaemonSet")
+    return {c["name"]: c for c in ds["spec"]["template"]["spec"]["containers"]}
+
+
 def check_daemonset(docs: List[Dict[str, Any]], values: Dict[str, Any]) -> None:
     """The DaemonSet conventions of every CNI installer, and the installer's interface."""
     (ds,) = by_kind(docs, "DaemonSet")
     (cm,) = by_kind(docs, "ConfigMap")
     pod = ds["spec"]["template"]["spec"]
-    (ctr,) = pod["containers"]
+    ctr = containers_of(docs)["installer"]
     env = env_of(ctr)
     port = values.get("healthPort", 9765)
 
@@ -151,10 +179,11 @@ def check_daemonset(docs: List[Dict[str, Any]], values: Dict[str, Any]) -> None:
     assert ds["spec"]["updateStrategy"]["rollingUpdate"]["maxSurge"] == 0
     assert ds["spec"]["selector"]["matchLabels"].items() <= ds["spec"]["template"]["metadata"]["labels"].items()
 
-    host_paths = {v["name"]: v["hostPath"]["path"] for v in pod["volumes"] if "hostPath" in v}
     mounts = {m["name"]: m for m in ctr["volumeMounts"]}
+    host_paths = {v["name"]: v["hostPath"]["path"] for v in pod["volumes"] if "hostPath" in v and v["name"] in mounts}
+    bin_dir = values.get("hostPaths", {}).get("cniBinDir", "/opt/cni/bin")
     assert {host_paths[n]: mounts[n]["mountPath"] for n in host_paths if n != "host-root"} == {
-        "/opt/cni/bin": "/host/opt/cni/bin", "/etc/cni/net.d": "/host/etc/cni/net.d"}
+        bin_dir: "/host/opt/cni/bin", "/etc/cni/net.d": "/host/etc/cni/net.d"}
     (config_vol,) = [v for v in pod["volumes"] if "configMap" in v]
     assert config_vol["configMap"]["name"] == cm["metadata"]["name"]
     assert mounts[config_vol["name"]]["mountPath"] == "/etc/pycni/config"
@@ -195,9 +224,111 @@ def check_daemonset(docs: List[Dict[str, Any]], values: Dict[str, Any]) -> None:
     writable = {m["mountPath"] for m in ctr["volumeMounts"] if not m.get("readOnly")}
     assert "/tmp" in writable
 
+    assert sorted(containers_of(docs)) == sorted(
+        ["installer"] + ["pycni-server"] * enabled(values, "server") + ["pycni-agent"] * enabled(values, "agent"))
+    assert pod.get("hostPID", False) == enabled(values, "server")
+    used = {m["name"] for c in pod["containers"] for m in c.get("volumeMounts", [])}
+    assert used == {v["name"] for v in pod["volumes"]}, "every volume is mounted, every mount has a volume"
+    for ctr in pod["containers"]:
+        assert ctr["image"] == containers_of(docs)["installer"]["image"]
+        sc = ctr["securityContext"]
+        assert sc["runAsUser"] == 0 and sc["readOnlyRootFilesystem"] is True
+        assert ctr["resources"]["requests"] and ctr["resources"]["limits"]["memory"]
+        if not sc["privileged"]:
+            assert sc["allowPrivilegeEscalation"] is False and sc["capabilities"]["drop"] == ["ALL"]
+            assert sc["seccompProfile"] == {"type": "RuntimeDefault"}
+            assert ("seLinuxOptions" in sc) == values.get("seLinux", {}).get("enabled", False)
 
-def check_rbac(docs: List[Dict[str, Any]], api_watch: bool) -> None:
-    """Least privilege: nodes (cluster-wide, read), the one ConfigMap (read), Events (write)."""
+
+def check_server(docs: List[Dict[str, Any]], values: Dict[str, Any]) -> None:
+    """pycni-server: host paths at the same paths inside, netns mounts that see later netns, probes."""
+    if not enabled(values, "server"):
+        assert "pycni-server" not in containers_of(docs)
+        return
+    (ds,) = by_kind(docs, "DaemonSet")
+    pod = ds["spec"]["template"]["spec"]
+    ctr = containers_of(docs)["pycni-server"]
+    server = values.get("server", {})
+    assert ctr["command"] == ["pycni-server"] and "args" not in ctr
+    env = env_of(ctr)
+    assert set(env) == SERVER_ENV
+    assert env["PYCNI_SERVER_SOCKET"] == "/run/pycni/server.sock"
+    assert env["PYCNI_SERVER_MAX_WORKERS"] == str(server.get("maxWorkers", 64))
+    probe = {"exec": {"command": ["pycni-server", "health"]}}
+    assert probe.items() <= ctr["livenessProbe"].items() and probe.items() <= ctr["readinessProbe"].items()
+    assert "ports" not in ctr
+
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    bin_dir = values.get("hostPaths", {}).get("cniBinDir", "/opt/cni/bin")
+    seen = {}
+    for mount in ctr["volumeMounts"]:
+        host = volumes[mount["name"]]["hostPath"]
+        # requests carry host paths: every host dir is at the same path inside
+        assert mount["mountPath"] == host["path"], mount
+        assert host["type"] == "DirectoryOrCreate"
+        seen[mount["mountPath"]] = (mount.get("readOnly", False), mount.get("mountPropagation"))
+    assert seen == {
+        "/run/pycni": (False, None),
+        "/run/netns": (True, "HostToContainer"),
+        "/var/run/netns": (True, "HostToContainer"),
+        "/var/lib/cni": (False, None),
+        bin_dir: (True, None),
+    }
+
+    sc = ctr["securityContext"]
+    if server.get("privileged", True):
+        assert sc["privileged"] is True and "capabilities" not in sc
+        assert "allowPrivilegeEscalation" not in sc  # the API rejects false with privileged
+    else:
+        assert sc["privileged"] is False and sc["capabilities"]["add"] == SERVER_CAPS
+    assert pod["terminationGracePeriodSeconds"] >= 30
+
+
+def check_agent(docs: List[Dict[str, Any]], values: Dict[str, Any]) -> None:
+    """pycni-agent: its env interface, probes on agent.healthPort, NET_ADMIN + NET_RAW only, and
+    network.yaml in the ConfigMap exactly when it runs (the installer's __MTU__ reads it)."""
+    from pycni.agent.config import NetworkConfig, VxlanConfig, parse_network_config
+
+    (cm,) = by_kind(docs, "ConfigMap")
+    if not enabled(values, "agent"):
+        assert "pycni-agent" not in containers_of(docs)
+        assert "network.yaml" not in cm["data"]
+        return
+    ctr = containers_of(docs)["pycni-agent"]
+    port = values.get("agent", {}).get("healthPort", 9766)
+    assert ctr["command"] == ["pycni-agent"] and "args" not in ctr
+    env = env_of(ctr)
+    assert set(env) <= AGENT_ENV, set(env) - AGENT_ENV
+    node = {"fieldRef": {"fieldPath": "spec.nodeName"}}
+    assert env["NODE_NAME"] == node and env["PYCNI_NODE_NAME"] == node
+    assert env["PYCNI_CONFIGMAP"] == f"{NAMESPACE}/{cm['metadata']['name']}"
+    assert env["PYCNI_AGENT_CONFIG_KEY"] == "network.yaml"
+    assert env["PYCNI_AGENT_LISTEN"] == f"0.0.0.0:{port}"
+    assert ctr["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": port}
+    assert ctr["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": port}
+    assert [p["containerPort"] for p in ctr["ports"]] == [port]
+    sc = ctr["securityContext"]
+    assert sc["privileged"] is False and sc["allowPrivilegeEscalation"] is False
+    assert sc["readOnlyRootFilesystem"] is True
+    assert sc["capabilities"] == {"drop": ["ALL"], "add": AGENT_CAPS}
+    assert {m["mountPath"] for m in ctr["volumeMounts"]} == {"/tmp"}
+
+    net = values.get("network", {})
+    vx = net.get("vxlan", {})
+    expected = NetworkConfig(
+        backend=net.get("backend", "host-gw"),
+        vxlan=VxlanConfig(vni=vx.get("vni", 1), port=vx.get("port", 8472), mtu=vx.get("mtu", 0),
+                          device=vx.get("device", "pycni-vxlan")),
+        resync_seconds=float(net.get("resyncSeconds", 30)), masquerade=net.get("masquerade", True),
+        cluster_cidrs=tuple(net.get("clusterCIDRs", ())))
+    assert parse_network_config(cm["data"]["network.yaml"]) == expected
+
+
+def check_rbac(docs: List[Dict[str, Any]], values: Dict[str, Any]) -> None:
+    """Least privilege: nodes (cluster-wide, read; patch only for the agent), the one ConfigMap
+    (read; for the installer's API watch or the agent), Events (write)."""
+    api_watch = values.get("apiWatch", True)
+    agent = enabled(values, "agent")
     (cm,) = by_kind(docs, "ConfigMap")
     (sa,) = by_kind(docs, "ServiceAccount")
     (ds,) = by_kind(docs, "DaemonSet")
@@ -211,15 +342,17 @@ def check_rbac(docs: List[Dict[str, Any]], api_watch: bool) -> None:
                     if resource == "configmaps":
                         assert role["kind"] == "Role"
                         assert rule["resourceNames"] == [cm["metadata"]["name"]]
+                    if resource == "nodes":
+                        assert ("patch" in rule["verbs"]) == agent, rule
                     granted.add((role["kind"], group, resource))
     expected = {("ClusterRole", "", "nodes"), ("Role", "", "events")}
-    if api_watch:
+    if api_watch or agent:
         expected.add(("Role", "", "configmaps"))
     assert granted == expected
     for binding in by_kind(docs, "ClusterRoleBinding") + by_kind(docs, "RoleBinding"):
         assert binding["subjects"] == [{"kind": "ServiceAccount", "name": sa["metadata"]["name"],
                                         "namespace": NAMESPACE}]
-    env = env_of(ds["spec"]["template"]["spec"]["containers"][0])
+    env = env_of(containers_of(docs)["installer"])
     if api_watch:
         assert env["PYCNI_CONFIGMAP"] == f"{NAMESPACE}/{cm['metadata']['name']}"
         assert env["PYCNI_WATCH_API"] == "true"
@@ -240,7 +373,9 @@ def test_chart_lint_render_validate(combo: str, helm: str, k8s_versions: List[st
     assert sorted(d["kind"] for d in docs) == sorted([
         "ClusterRole", "ClusterRoleBinding", "ConfigMap", "DaemonSet", "Role", "RoleBinding", "ServiceAccount"])
     check_daemonset(docs, values)
-    check_rbac(docs, values.get("apiWatch", True))
+    check_server(docs, values)
+    check_agent(docs, values)
+    check_rbac(docs, values)
 
     (cm,) = by_kind(docs, "ConfigMap")
     defaults = yaml.safe_load((CHART / "values.yaml").read_text())
@@ -258,9 +393,9 @@ def test_chart_lint_render_validate(combo: str, helm: str, k8s_versions: List[st
     assert pod["nodeSelector"] == {"kubernetes.io/os": "linux", **values.get("nodeSelector", {})}
     image = values.get("image")
     if image:
-        ctr = pod["containers"][0]
-        assert ctr["image"] == f"{image['repository']}:{image['tag']}"
-        assert ctr["imagePullPolicy"] == image["pullPolicy"]
+        for ctr in pod["containers"]:
+            assert ctr["image"] == f"{image['repository']}:{image['tag']}"
+            assert ctr["imagePullPolicy"] == image["pullPolicy"]
 
 
 def test_default_conflist_shape(helm: str) -> None:
@@ -274,6 +409,64 @@ def test_default_conflist_shape(helm: str) -> None:
     assert dns["type"] == "pycni-dns"
 
 
+def test_network_defaults_mirror_the_agent() -> None:
+    """values.yaml `network`, the schema's defaults and pycni.agent.config agree on every default."""
+    from pycni.agent.config import NetworkConfig
+    from pycni.agent.settings import parse as parse_agent_settings
+
+    values = yaml.safe_load((CHART / "values.yaml").read_text())["network"]
+    schema = json.loads((CHART / "values.schema.json").read_text())["properties"]["network"]["properties"]
+    config = NetworkConfig()
+    resync = parse_agent_settings([], {"NODE_NAME": "n"}).resync_seconds
+    agent_defaults = {"backend": config.backend, "vxlan": dict(config.vxlan.__dict__), "resyncSeconds": resync,
+                      "masquerade": config.masquerade, "clusterCIDRs": list(config.cluster_cidrs)}
+    assert values == agent_defaults
+    schema_defaults = {k: v["default"] for k, v in schema.items() if k != "vxlan"}
+    schema_defaults["vxlan"] = {k: v["default"] for k, v in schema["vxlan"]["properties"].items()}
+    assert schema_defaults == agent_defaults
+
+
+def _deep_merge(base: Dict[str, Any], over: Dict[str, Any]) -> Dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        nested = isinstance(value, dict) and isinstance(base.get(key), dict)
+        out[key] = _deep_merge(base[key], value) if nested else value
+    return out
+
+
+NETWORK_CASES = [  # (network values, accepted)
+    ({"backend": "vxlan"}, True), ({"backend": "gre"}, False),
+    ({"vxlan": {"vni": 16777215}}, True), ({"vxlan": {"vni": 0}}, False), ({"vxlan": {"vni": 16777216}}, False),
+    ({"vxlan": {"mtu": 0}}, True), ({"vxlan": {"mtu": 576}}, True), ({"vxlan": {"mtu": 575}}, False),
+    ({"vxlan": {"port": 4789}}, True), ({"vxlan": {"port": 0}}, False),
+    ({"vxlan": {"device": "flannel.1"}}, True), ({"vxlan": {"device": "sixteen-chars-xx"}}, False),
+    ({"vxlan": {"device": "has space"}}, False), ({"vxlan": {"nosuch": 1}}, False),
+    ({"resyncSeconds": 0.5}, True), ({"resyncSeconds": 0}, False),
+    ({"masquerade": False}, True), ({"masquerade": "yes"}, False),
+    ({"clusterCIDRs": ["10.244.0.0/16", "fd00::/48"]}, True), ({"clusterCIDRs": ["banana"]}, False),
+    ({"nosuch": 1}, False),
+]
+
+
+@pytest.mark.parametrize("case,accepted", NETWORK_CASES, ids=[json.dumps(c[0]) for c in NETWORK_CASES])
+def test_network_schema_agrees_with_the_agent(case: Dict[str, Any], accepted: bool, helm: str,
+                                              tmp_path: Path) -> None:
+    """A `network` value the schema takes is one the agent takes, and the other way round."""
+    from pycni.agent.config import ConfigError, parse_network_config
+
+    proc = template(helm, *_values_args({"network": case}, tmp_path))
+    assert (proc.returncode == 0) == accepted, proc.stderr
+    if not accepted:
+        assert "schema" in proc.stderr, proc.stderr
+    merged = _deep_merge(yaml.safe_load((CHART / "values.yaml").read_text())["network"], case)
+    try:
+        parse_network_config(yaml.safe_dump(merged))
+        agent_accepts = True
+    except ConfigError:
+        agent_accepts = False
+    assert agent_accepts == accepted
+
+
 @pytest.mark.parametrize("bad", [
     ["--set", "resyncSeconds=0"],
     ["--set", "confName=pycni.txt"],
@@ -281,6 +474,10 @@ def test_default_conflist_shape(helm: str) -> None:
     ["--set", "nosuchkey=1"],
     ["--set-json", 'conflist={"cniVersion":"1.0.0","name":"x","plugins":[]}'],
     ["--set", "image.pullPolicy=Sometimes"],
+    ["--set", "server.enabled=maybe"],
+    ["--set", "server.maxWorkers=0"],
+    ["--set", "agent.healthPort=0"],
+    ["--set", "agent.nosuchkey=1"],
 ])
 def test_schema_rejects_bad_values(bad: List[str], helm: str) -> None:
     proc = template(helm, *bad)
@@ -312,6 +509,19 @@ def test_notes_tell_how_to_check_and_edit(api_watch: bool, helm: str, tmp_path: 
     assert "edit configmap pycni-config" in notes
     assert ("get events" in notes) == api_watch
     assert ("within seconds" in notes) == api_watch
+    assert "pycni-server health" in notes and "-c pycni-agent" in notes
+
+
+def test_notes_without_server_and_agent(helm: str, tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [helm, "install", "pycni", str(CHART), "--namespace", NAMESPACE, "--dry-run=client",
+         "--set", "server.enabled=false", "--set", "agent.enabled=false"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "KUBECONFIG": str(tmp_path / "none")},
+    )
+    assert proc.returncode == 0, proc.stderr
+    notes = proc.stdout.split("NOTES:", 1)[1]
+    assert "pycni-server" not in notes and "pycni-agent" not in notes
 
 
 def _render_manifest_module():
@@ -349,7 +559,9 @@ def test_manifest_validates(k8s_versions: List[str], tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stdout
     docs = objects(MANIFEST.read_text())
     check_daemonset(docs, {})
-    check_rbac(docs, api_watch=True)
+    check_server(docs, {})
+    check_agent(docs, {})
+    check_rbac(docs, {})
     assert {d["metadata"].get("namespace", NAMESPACE) for d in docs} == {NAMESPACE}
 
 

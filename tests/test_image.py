@@ -1,10 +1,11 @@
-"""The installer image: built with podman from images/Containerfile and run against temp host dirs.
+"""The image: built with podman from images/Containerfile and run against temp host dirs.
 
 No registry is reachable here, so the base image is made locally by tools/make-base-image.sh
 (debootstrap of a minimal Debian with python3, `podman import`ed; kept in podman's store, so
-only the first run pays for it). The container runs with the security settings of the chart's
-DaemonSet (read from charts/pycni.yaml), and the binaries it installs are exec'd by the host's
-/usr/bin/python3 as a node's runtime would.
+only the first run pays for it). Each container runs with the security settings of its
+container in the chart's DaemonSet (read from charts/pycni.yaml): the installer, whose
+binaries are exec'd by the host's /usr/bin/python3 as a node's runtime would; and
+pycni-server, which answers the zipapps on the host through its socket.
 """
 from __future__ import annotations
 
@@ -14,14 +15,15 @@ import json
 import os
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
-from typing import Dict, Iterator, List
+from typing import Any, Dict, Iterator, List
 
 import pytest
 import yaml
 
-from helpers import ROOT, exec_plugin, plugin_env, unique
+from helpers import ROOT, exec_plugin, in_netns, plugin_env, unique
 
 # Packaging does not change with the node server: run once, not again in the with-server pass.
 pytestmark = [pytest.mark.slow, pytest.mark.standalone_only]
@@ -90,23 +92,41 @@ def image() -> str:
     return IMAGE
 
 
-@pytest.fixture(scope="module")
-def chart_security_flags() -> List[str]:
-    """podman run flags equal to the container securityContext in charts/pycni.yaml."""
-    docs = [d for d in yaml.safe_load_all((ROOT / "charts" / "pycni.yaml").read_text()) if d]
-    (ds,) = [d for d in docs if d["kind"] == "DaemonSet"]
-    ctr = ds["spec"]["template"]["spec"]["containers"][0]
+def chart_pod(manifest: str) -> Dict[str, Any]:
+    """The DaemonSet's pod spec in a rendered chart."""
+    (ds,) = [d for d in yaml.safe_load_all(manifest) if d and d["kind"] == "DaemonSet"]
+    return ds["spec"]["template"]["spec"]
+
+
+def container(pod: Dict[str, Any], name: str) -> Dict[str, Any]:
+    (ctr,) = [c for c in pod["containers"] if c["name"] == name]
+    return ctr
+
+
+def security_flags(ctr: Dict[str, Any]) -> List[str]:
+    """podman run flags equal to a container's securityContext."""
     sc = ctr["securityContext"]
     flags = ["--user", f"{sc['runAsUser']}:{sc['runAsGroup']}"]
     if sc["readOnlyRootFilesystem"]:
         flags.append("--read-only")
+    if sc["privileged"]:
+        return flags + ["--privileged"]
     if not sc["allowPrivilegeEscalation"]:
         flags += ["--security-opt", "no-new-privileges"]
     flags += [f"--cap-drop={cap}" for cap in sc["capabilities"]["drop"]]
     flags += [f"--cap-add={cap}" for cap in sc["capabilities"].get("add", [])]
-    assert not sc["privileged"]
+    return flags
+
+
+@pytest.fixture(scope="module")
+def chart_security_flags() -> List[str]:
+    """podman run flags equal to the installer container's securityContext in charts/pycni.yaml."""
+    pod = chart_pod((ROOT / "charts" / "pycni.yaml").read_text())
+    ctr = container(pod, "installer")
+    flags = security_flags(ctr)
+    assert not ctr["securityContext"]["privileged"]
     # The chart's writable emptyDir mounts, and the node check's read-only host root.
-    volumes = {v["name"]: v for v in ds["spec"]["template"]["spec"]["volumes"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
     for mount in ctr["volumeMounts"]:
         volume = volumes[mount["name"]]
         if "emptyDir" in volume:
@@ -137,27 +157,44 @@ def mounts(dirs: Dict[str, Path]) -> List[str]:
 
 
 def test_image_contents(image: str) -> None:
-    """Entrypoint, zipapps in /opt/pycni/bin, the installer importable; no pip, no compilers."""
+    """Entrypoint, zipapps in /opt/pycni/bin, the installer importable, the commands of every
+    container of the chart, nft and iptables; no pip, no compilers."""
     (info,) = json.loads(podman("image", "inspect", image).stdout)
     assert info["Config"]["Entrypoint"] == ["pycni-installer"]
     script = (
         "import json, os, shutil, subprocess, sys\n"
         "import pycni.installer.main, kubernetes, yaml\n"
+        "import pycni.agent.kernel, pycni.agent.masq, pycni.plugins.server, pyroute2\n"
         "print(json.dumps(sorted(os.listdir('/opt/pycni/bin'))))\n"
-        "print(shutil.which('pycni-installer'))\n"
+        "print(json.dumps([shutil.which(c) for c in COMMANDS]))\n"
         "print(json.dumps([c for c in ('gcc', 'cc', 'pip', 'pip3') if shutil.which(c)]))\n"
         "print(subprocess.run([sys.executable, '-m', 'pip', '--version'], capture_output=True).returncode)\n"
         "print(subprocess.run([sys.executable, '-m', 'pycni.installer', '--help'], capture_output=True).returncode)\n"
+        "for argv in (['nft', '--version'], ['iptables-restore', '--version'], ['pycni-server', '--help'],\n"
+        "             ['pycni-agent', '--help'], ['pycni-installer', '--help'], ['pycni', '--help']):\n"
+        "    proc = subprocess.run(argv, capture_output=True, text=True)\n"
+        "    print(json.dumps([argv[0], proc.returncode, proc.stdout.splitlines()[:1]]))\n"
     )
-    proc = subprocess.run(RUN + ["--network", "none", "--entrypoint", "python3", image, "-c", script],
+    commands = ["pycni-installer", "pycni-server", "pycni-agent", "pycni", "nft", "iptables", "iptables-restore"]
+    script = f"COMMANDS = {commands!r}\n" + script
+    proc = subprocess.run(RUN + ["--network", "none", "--read-only", "--entrypoint", "python3", image, "-c", script],
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    listing, entry, tools, pip_rc, module_rc = proc.stdout.splitlines()
+    listing, paths, tools, pip_rc, module_rc, *runs = proc.stdout.splitlines()
     assert json.loads(listing) == ZIPAPPS
-    assert entry == "/usr/local/bin/pycni-installer"
+    found = dict(zip(commands, json.loads(paths)))
+    assert found == {
+        "pycni-installer": "/usr/local/bin/pycni-installer", "pycni-server": "/usr/local/bin/pycni-server",
+        "pycni-agent": "/usr/local/bin/pycni-agent", "pycni": "/usr/local/bin/pycni",
+        "nft": "/usr/sbin/nft", "iptables": "/usr/sbin/iptables", "iptables-restore": "/usr/sbin/iptables-restore"}
     assert json.loads(tools) == []
     assert pip_rc != "0", "pip must not be in the runtime image"
     assert module_rc == "0", "python3 -m pycni.installer must work"
+    ran = {name: (rc, first) for name, rc, first in map(json.loads, runs)}
+    assert all(rc == 0 for rc, _ in ran.values()), ran
+    assert ran["nft"][1][0].startswith("nftables v"), ran
+    assert ran["pycni-agent"][1][0].startswith("usage: pycni-agent"), ran
+    assert ran["pycni-server"][1][0].startswith("usage: pycni-server"), ran
 
 
 def test_image_once_installs_into_host_dirs(image: str, chart_security_flags: List[str],
@@ -258,3 +295,259 @@ def test_image_daemon_serves_probes_and_keeps_files_on_stop(
     assert code == "0", f"exit code {code}: {podman('logs', container_name).stdout}"
     assert (host_dirs["conf"] / "10-pycni.conflist").is_file()
     assert all((host_dirs["bin"] / name).is_file() for name in ZIPAPPS)
+
+
+# ---- pycni-server: the chart's node server container, answering the zipapps on the host ----
+
+RUN_DIR = "/run/pycni"  # the socket dir inside (PYCNI_SERVER_SOCKET in the chart)
+
+
+def helm_render(*args: str) -> str:
+    """The chart rendered with helm (tools/install-helm.sh, cached) and extra values."""
+    helm = subprocess.run(["bash", str(ROOT / "tools" / "install-helm.sh")], stdout=subprocess.PIPE,
+                          text=True, check=True).stdout.strip().splitlines()[-1]
+    return subprocess.run([helm, "template", "pycni", str(ROOT / "charts" / "pycni"), "-n", "kube-system",
+                           *args], stdout=subprocess.PIPE, text=True, check=True).stdout
+
+
+def server_flags(pod: Dict[str, Any], stand_ins: Dict[str, Path]) -> List[str]:
+    """podman run flags for the chart's pycni-server container: host namespaces, security,
+    env and every hostPath mount. `stand_ins` replaces a node path by a temp dir, mounted at the
+    temp dir's own path (requests name host paths), except the socket dir, which stays at
+    /run/pycni inside (the host's own /run/pycni is left alone)."""
+    ctr = container(pod, "pycni-server")
+    flags = ["--network", "host"] if pod["hostNetwork"] else []
+    if pod.get("hostPID"):
+        flags += ["--pid", "host"]
+    flags += security_flags(ctr)
+    flags += [f"--env={e['name']}={e['value']}" for e in ctr["env"]]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    for mount in ctr["volumeMounts"]:
+        host = volumes[mount["name"]]["hostPath"]["path"]
+        assert mount["mountPath"] == host, "the server sees host paths at the same paths"
+        source = stand_ins.get(host, Path(host))
+        target = RUN_DIR if host == RUN_DIR else str(source)
+        source.mkdir(parents=True, exist_ok=True)  # hostPath type DirectoryOrCreate
+        options = ["ro"] if mount.get("readOnly") else []
+        options += {"HostToContainer": ["rslave"], "Bidirectional": ["rshared"]}.get(
+            mount.get("mountPropagation", ""), [])
+        flags += ["-v", f"{source}:{target}" + (":" + ",".join(options) if options else "")]
+    return ["--entrypoint", ctr["command"][0], *flags]
+
+
+def served(sock: Path) -> int:
+    from pycni.plugins.server import health
+
+    status = health(str(sock))
+    assert status, f"pycni-server not answering on {sock}"
+    return int(status.split("served=")[1].split()[0])
+
+
+class ServerContainer:
+    """pycni-server from the image, run as the chart's container with temp dirs for node paths."""
+
+    def __init__(self, image: str, pod: Dict[str, Any], tmp: Path, bin_dir: Path, name: str) -> None:
+        self.name = name
+        self.run_dir = tmp / "run-pycni"           # /run/pycni inside
+        self.state_dir = tmp / "var-lib-cni"       # stands in for /var/lib/cni
+        self.sock = self.run_dir / "server.sock"
+        stand_ins = {RUN_DIR: self.run_dir, "/var/lib/cni": self.state_dir, "/opt/cni/bin": bin_dir}
+        start = podman("run", "-d", "--name", name, "--ulimit", "nproc=1000:1000", "--ulimit", "nofile=1000:1000",
+                       *server_flags(pod, stand_ins), image, timeout=120)
+        assert start.returncode == 0, start.stderr
+        deadline = time.monotonic() + 30
+        from pycni.plugins.server import health
+
+        while not (self.sock.exists() and health(str(self.sock), timeout=1)):
+            assert time.monotonic() < deadline, f"server never answered: {self.logs()}"
+            time.sleep(0.1)
+
+    def logs(self) -> str:
+        proc = podman("logs", self.name, timeout=60)
+        return proc.stdout + proc.stderr
+
+    def call(self, binary: Path, command: str, conf: Dict[str, Any], container_id: str, netns: str = "",
+             **extra: str) -> tuple:
+        """Exec a zipapp on the host, pointed at this server's socket."""
+        env = plugin_env(command, netns=netns, container_id=container_id, cni_path=str(binary.parent),
+                         extra={"PYCNI_SERVER_SOCKET": str(self.sock), **extra})
+        return exec_plugin(binary, env, conf)
+
+
+def hostlocal_conf(name: str, state_dir: Path, subnet: str, plugin: str = "pycni-host-local",
+                   **keys: Any) -> Dict[str, Any]:
+    return {"cniVersion": "1.0.0", "name": name, "type": plugin, **keys,
+            "ipam": {"type": "pycni-host-local", "dataDir": str(state_dir / "networks"),
+                     "ranges": [[{"subnet": subnet}]]}}
+
+
+def events(path: Path) -> List[Dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def test_image_server_answers_host_zipapps(image: str, bin_dir: Path, make_netns, host_links: List[str],
+                                           tmp_path: Path, container_name: str) -> None:
+    """The chart's pycni-server container answers the zipapps on the host: its probe works, an
+    IPAM ADD and a bridge ADD (with nftables masquerade, into a netns made after the container
+    started) run inside it, DEL too; SIGTERM unlinks the socket and the zipapps run in-process."""
+    from pycni.plugins.buildinfo import own_code_id
+
+    pod = chart_pod((ROOT / "charts" / "pycni.yaml").read_text())
+    ctr = container(pod, "pycni-server")
+    image_code = subprocess.run(RUN + ["--network", "none", "--entrypoint", "python3", image, "-c",
+                                       "from pycni.plugins.buildinfo import own_code_id; print(own_code_id())"],
+                                stdout=subprocess.PIPE, text=True, timeout=60).stdout.strip()
+    assert image_code == own_code_id(), "image and zipapps built from different plugin code: the server declines"
+    srv = ServerContainer(image, pod, tmp_path, bin_dir, container_name)
+
+    probe = ctr["livenessProbe"]["exec"]["command"]
+    assert probe == ctr["readinessProbe"]["exec"]["command"]
+    answer = podman("exec", container_name, *probe, timeout=60)
+    assert answer.returncode == 0 and answer.stdout.startswith("ok served="), answer.stdout + answer.stderr
+
+    # IPAM: the store lands in the dataDir (same path inside and out); the event log names a
+    # path only the container resolves into run_dir: the request ran in the server.
+    # (the netns is made after the container started: HostToContainer propagation)
+    ns = make_netns("img")
+    netns = f"/run/netns/{ns}"
+    log_name = unique("ev") + ".log"
+    inside_log = {"PYCNI_LOG_FILE": f"{RUN_DIR}/{log_name}"}
+    net = unique("img")
+    conf = hostlocal_conf(net, srv.state_dir, "10.231.7.0/24")
+    before = served(srv.sock)
+    result, rc, err = srv.call(bin_dir / "pycni-host-local", "ADD", conf, "ctr-a", netns, **inside_log)
+    assert rc == 0, (result, err)
+    assert [ip["address"] for ip in result["ips"]] == ["10.231.7.2/24"]
+    assert (srv.state_dir / "networks" / net / "10.231.7.2").is_file()
+    assert served(srv.sock) == before + 2  # the ADD and the first health call
+    assert [e["event"] for e in events(srv.run_dir / log_name) if e["container"] == "ctr-a"] == ["reserved", "added"]
+    assert not (Path(RUN_DIR) / log_name).exists()
+
+    # bridge + host-local: links and sysctls in the pod's netns, nftables on the host.
+    bridge = unique("ib")
+    host_links.append(bridge)
+    bconf = hostlocal_conf(unique("imb"), srv.state_dir, "10.231.8.0/24", plugin="pycni-bridge",
+                           bridge=bridge, isGateway=True, ipMasq=True)
+    result, rc, err = srv.call(bin_dir / "pycni-bridge", "ADD", bconf, "ctr-b", netns, **inside_log)
+    assert rc == 0, (result, err, srv.logs())
+    assert [ip["address"] for ip in result["ips"]] == ["10.231.8.2/24"]
+    assert "10.231.8.2/24" in in_netns(ns, "ip", "-o", "addr", "show", "dev", "eth0").stdout.decode()
+    assert any(e["event"] == "added" and e["container"] == "ctr-b" for e in events(srv.run_dir / log_name))
+    ruleset = subprocess.run(["nft", "list", "ruleset"], stdout=subprocess.PIPE, text=True).stdout
+    assert "10.231.8.2" in ruleset, "masquerade rules written by nft inside the container"
+    result, rc, err = srv.call(bin_dir / "pycni-bridge", "DEL", bconf, "ctr-b", netns)
+    assert rc == 0, (result, err)
+    assert "10.231.8.2" not in subprocess.run(["nft", "list", "ruleset"], stdout=subprocess.PIPE, text=True).stdout
+    assert not (srv.state_dir / "networks" / bconf["name"] / "10.231.8.2").exists()
+
+    # Restart story: SIGTERM unlinks the socket first, the server exits 0; the zipapps then run
+    # in-process (same store, next address).
+    stop = podman("stop", "-t", "20", container_name, timeout=60)
+    assert stop.returncode == 0, stop.stderr
+    assert podman("inspect", "-f", "{{.State.ExitCode}}", container_name).stdout.strip() == "0", srv.logs()
+    assert not srv.sock.exists()
+    result, rc, err = srv.call(bin_dir / "pycni-host-local", "ADD", conf, "ctr-c", netns)
+    assert rc == 0, (result, err)
+    assert [ip["address"] for ip in result["ips"]] == ["10.231.7.3/24"]
+
+
+def test_image_server_unprivileged_cannot_write_sysctls(image: str, bin_dir: Path, make_netns,
+                                                        host_links: List[str], tmp_path: Path,
+                                                        container_name: str) -> None:
+    """Why the chart runs pycni-server privileged: with `server.privileged=false` (its
+    capabilities only) IPAM works, but a bridge ADD fails, as /proc/sys is read-only in every
+    unprivileged container."""
+    pod = chart_pod(helm_render("--set", "server.privileged=false"))
+    sc = container(pod, "pycni-server")["securityContext"]
+    assert sc["privileged"] is False and "SYS_ADMIN" in sc["capabilities"]["add"]
+    srv = ServerContainer(image, pod, tmp_path, bin_dir, container_name)
+    netns = f"/run/netns/{make_netns('imu')}"
+    conf = hostlocal_conf(unique("imu"), srv.state_dir, "10.231.9.0/24")
+    before = served(srv.sock)
+    result, rc, err = srv.call(bin_dir / "pycni-host-local", "ADD", conf, "ctr-u", netns)
+    assert rc == 0 and served(srv.sock) == before + 2, (result, err)
+
+    bridge = unique("iu")
+    host_links.append(bridge)
+    bconf = hostlocal_conf(unique("imv"), srv.state_dir, "10.231.10.0/24", plugin="pycni-bridge",
+                           bridge=bridge, isGateway=True)
+    result, rc, err = srv.call(bin_dir / "pycni-bridge", "ADD", bconf, "ctr-v", netns)
+    assert rc != 0 and "Read-only file system" in result["msg"] and "/proc/sys/" in result["msg"], result
+    srv.call(bin_dir / "pycni-bridge", "DEL", bconf, "ctr-v", netns)
+
+
+# ---- pycni-agent: the chart's node agent container, in a "node" netns with an in-test API ----
+
+FAKE_API = """
+import sys
+from pathlib import Path
+sys.path.insert(0, sys.argv[2])
+from k8s_fake_api import FakeKubeAPI
+
+api = FakeKubeAPI().start()
+for name, cidr, ip in (("node-a", "10.232.1.0/24", "192.168.231.1"), ("node-b", "10.232.2.0/24", "192.168.231.2")):
+    api.put("nodes", {"metadata": {"name": name}, "spec": {"podCIDR": cidr, "podCIDRs": [cidr]},
+                      "status": {"addresses": [{"type": "InternalIP", "address": ip}]}})
+api.put_configmap("kube-system", "pycni-config", {"network.yaml": Path(sys.argv[3]).read_text()})
+api.write_kubeconfig(Path(sys.argv[1]))
+print("ready", flush=True)
+sys.stdin.read()  # serve until the test closes stdin
+"""
+
+
+def test_image_agent_converges_in_a_node_netns(image: str, make_netns, tmp_path: Path, container_name: str) -> None:
+    """The chart's pycni-agent container (its env, capabilities, read-only root) in a netns standing in
+    for a node, fed by an in-test API with the chart's default network.yaml: ready after its first
+    sync, the host-gw route to the other node programmed, its nftables table written; SIGTERM
+    leaves both in place."""
+    manifest = (ROOT / "charts" / "pycni.yaml").read_text()
+    pod = chart_pod(manifest)
+    ctr = container(pod, "pycni-agent")
+    (cm,) = [d for d in yaml.safe_load_all(manifest) if d and d["kind"] == "ConfigMap"]
+    ns = make_netns("ag")
+    # the node's underlay: a veth pair inside the netns (no dummy module here)
+    in_netns(ns, "ip", "link", "add", "under0", "type", "veth", "peer", "name", "under1")
+    in_netns(ns, "ip", "addr", "add", "192.168.231.1/24", "dev", "under0")
+    for link in ("under0", "under1"):
+        in_netns(ns, "ip", "link", "set", link, "up")
+    kubeconfig, network = tmp_path / "kubeconfig", tmp_path / "network.yaml"
+    network.write_text(cm["data"]["network.yaml"])
+    api = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-c", FAKE_API, str(kubeconfig),
+                            str(ROOT / "tests"), str(network)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                           text=True)
+    try:
+        assert api.stdout
+        assert api.stdout.readline().strip() == "ready"
+        env = {e["name"]: e.get("value") for e in ctr["env"]}
+        env.update(NODE_NAME="node-a", PYCNI_NODE_NAME="node-a", KUBECONFIG="/etc/pycni-test/kubeconfig")
+        port = ctr["readinessProbe"]["httpGet"]["port"]
+        assert env["PYCNI_AGENT_LISTEN"] == f"0.0.0.0:{port}" and env["PYCNI_CONFIGMAP"] == "kube-system/pycni-config"
+        tmpfs = [m["mountPath"] for m in ctr["volumeMounts"]]
+        assert tmpfs == ["/tmp"]
+        start = podman("run", "-d", "--name", container_name, "--network", f"ns:/run/netns/{ns}",
+                       "--ulimit", "nproc=1000:1000", "--ulimit", "nofile=1000:1000", *security_flags(ctr),
+                       "--tmpfs", "/tmp", "-v", f"{kubeconfig}:/etc/pycni-test/kubeconfig:ro",
+                       *[f"--env={k}={v}" for k, v in env.items()], "--entrypoint", ctr["command"][0], image)
+        assert start.returncode == 0, start.stderr
+        probe = ("import sys, urllib.request\n"
+                 "try:\n    print(urllib.request.urlopen(sys.argv[1], timeout=2).status)\n"
+                 "except Exception as exc:\n    print(getattr(exc, 'code', 0))\n")
+        deadline = time.monotonic() + 30
+        while True:
+            status = in_netns(ns, sys.executable, "-c", probe, f"http://127.0.0.1:{port}/readyz").stdout.decode()
+            if status.strip() == "200":
+                break
+            assert time.monotonic() < deadline, podman("logs", container_name).stderr
+            time.sleep(0.2)
+        routes = in_netns(ns, "ip", "route", "show", "proto", "156").stdout.decode()
+        assert "10.232.2.0/24 via 192.168.231.2" in routes, routes
+        assert in_netns(ns, "nft", "list", "table", "inet", "pycni-agent", check=False).returncode == 0
+
+        stop = podman("stop", "-t", "20", container_name, timeout=60)
+        assert stop.returncode == 0, stop.stderr
+        assert podman("inspect", "-f", "{{.State.ExitCode}}", container_name).stdout.strip() == "0"
+        assert routes == in_netns(ns, "ip", "route", "show", "proto", "156").stdout.decode()
+    finally:
+        if api.stdin:
+            api.stdin.close()
+        api.wait(timeout=30)

@@ -42,6 +42,11 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- printf "%s-config" (include "pycni.fullname" .) | trunc 63 | trimSuffix "-" -}}
 {{- end -}}
 
+{{/* namespace/name of the ConfigMap, for the containers that watch it through the API. */}}
+{{- define "pycni.configMapRef" -}}
+{{- printf "%s/%s" .Release.Namespace (include "pycni.configMapName" .) -}}
+{{- end -}}
+
 {{- define "pycni.image" -}}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
 {{- end -}}

@@ -1,0 +1,94 @@
+{{/*
+The pycni-server container: the node server the zipapps hand CNI requests to over
+/run/pycni/server.sock. Every path a request names is a host path, so each host directory
+is mounted at the same path inside (volumes: "pycni.serverVolumes").
+*/}}
+{{- define "pycni.serverContainer" -}}
+- name: pycni-server
+  image: {{ include "pycni.image" . | quote }}
+  imagePullPolicy: {{ .Values.image.pullPolicy }}
+  command: ["pycni-server"]
+  env:
+    - name: PYCNI_SERVER_SOCKET
+      value: /run/pycni/server.sock
+    - name: PYCNI_SERVER_MAX_WORKERS
+      value: {{ .Values.server.maxWorkers | quote }}
+  # The probe asks the server itself over its socket (a request like any other).
+  livenessProbe:
+    exec:
+      command: ["pycni-server", "health"]
+    periodSeconds: 10
+    timeoutSeconds: 5
+    failureThreshold: 6
+  readinessProbe:
+    exec:
+      command: ["pycni-server", "health"]
+    periodSeconds: 10
+    timeoutSeconds: 5
+  {{- with .Values.server.resources }}
+  resources:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  securityContext:
+    runAsUser: 0
+    runAsGroup: 0
+    runAsNonRoot: false
+    readOnlyRootFilesystem: true
+    {{- if .Values.server.privileged }}
+    # A writable /proc/sys for the bridge's and macvlan's sysctls (see values.yaml).
+    privileged: true
+    {{- else }}
+    privileged: false
+    allowPrivilegeEscalation: false
+    capabilities:
+      drop: [ALL]
+      # links, addresses, routes, nftables; setns into pod namespaces; DHCP/ARP sockets;
+      # the per-network DNS servers on port 53
+      add: [NET_ADMIN, SYS_ADMIN, NET_RAW, NET_BIND_SERVICE]
+    seccompProfile:
+      type: RuntimeDefault
+    {{- if .Values.seLinux.enabled }}
+    seLinuxOptions:
+      type: {{ .Values.seLinux.type }}
+    {{- end }}
+    {{- end }}
+  volumeMounts:
+    # The socket dir (0700, created by the server) and pycni-dns's state (/run/pycni/dns).
+    - name: pycni-run
+      mountPath: /run/pycni
+    # The runtimes' netns bind mounts appear after the container started: HostToContainer.
+    - name: netns
+      mountPath: /run/netns
+      readOnly: true
+      mountPropagation: HostToContainer
+    - name: var-run-netns
+      mountPath: /var/run/netns
+      readOnly: true
+      mountPropagation: HostToContainer
+    # pycni-host-local's default dataDir /var/lib/cni/networks.
+    - name: cni-state
+      mountPath: /var/lib/cni
+    # IPAM delegates are exec'd from CNI_PATH; pycni zipapps there of this build run in-process.
+    - name: cni-bin
+      mountPath: {{ .Values.hostPaths.cniBinDir }}
+      readOnly: true
+{{- end -}}
+
+{{- define "pycni.serverVolumes" -}}
+- name: pycni-run
+  hostPath:
+    path: /run/pycni
+    type: DirectoryOrCreate
+- name: netns
+  hostPath:
+    path: /run/netns
+    type: DirectoryOrCreate
+- name: var-run-netns
+  hostPath:
+    path: /var/run/netns
+    type: DirectoryOrCreate
+- name: cni-state
+  hostPath:
+    path: /var/lib/cni
+    type: DirectoryOrCreate
+{{- end -}}
