@@ -176,6 +176,7 @@ KILL_POINTS = ["unlink:when=1", "link:when=1", "rename:when=1", "link:when=2", "
                "rename:when=3", "unlink:when=2", "rename:when=4"]
 
 
+@pytest.mark.standalone_only  # strace follows the plugin process itself, not a node server's worker
 @pytest.mark.skipif(shutil.which("strace") is None, reason="needs strace to kill at an exact syscall")
 @pytest.mark.parametrize("point", KILL_POINTS)
 def test_sigkill_at_each_step_of_add_recovers(hl: Path, tmp_path: Path, point: str) -> None:
@@ -214,6 +215,7 @@ def _lease_opens(net: Net, hl: Path, command: str, cid: str, trace: Path) -> int
                if prefix in line and "/lock" not in line and "last_reserved_ip" not in line)
 
 
+@pytest.mark.standalone_only  # strace follows the plugin process itself, not a node server's worker
 @pytest.mark.skipif(shutil.which("strace") is None, reason="needs strace to count opened files")
 def test_del_reads_the_index_not_every_lease(hl: Path, tmp_path: Path) -> None:
     net = Net(tmp_path / "data")
