@@ -18,7 +18,11 @@ if [ ${#missing[@]} -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-if ! "$PYTHON" -c "import pycni.plugins, pyroute2, dnslib, kubernetes, yaml, requests, pytest, xdist" 2>/dev/null; then
+# Installed, with its dependencies, and from this very tree (not another checkout's)?
+here=$(pwd -P)/plugins
+there=$("$PYTHON" -c "import pycni.plugins, pyroute2, dnslib, kubernetes, yaml, requests, pytest, xdist, os
+print(os.path.realpath(os.path.dirname(pycni.plugins.__file__)))" 2>/dev/null || true)
+if [ "$there" != "$here" ]; then
     echo "install-deps: pip install -e .[test]"
     "$PYTHON" -m pip install -q --disable-pip-version-check -e ".[test]" 2>&1 | grep -v "^WARNING: Location" || true
 fi
