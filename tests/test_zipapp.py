@@ -169,3 +169,21 @@ def test_replacing_the_file_mid_start_with_another_layout_is_harmless(bin_dir: P
     for t in threads:
         t.join()
     assert runs[0] >= 10 and not failures, failures[:3]
+
+
+def test_old_builds_are_pruned_after_a_week_new_ones_kept(bin_dir: Path, tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    tag = subprocess.run(["/usr/bin/python3", "-c", "import sys; print(sys.implementation.cache_tag)"],
+                         capture_output=True, text=True).stdout.strip()
+    week_old, recent, other_plugin, other_python = (
+        cache / f"pycni-host-local-{'a' * 20}-{tag}", cache / f"pycni-host-local-{'b' * 20}-{tag}",
+        cache / f"pycni-dns-{'c' * 20}-{tag}", cache / f"pycni-host-local-{'d' * 20}-cpython-399")
+    for d in (week_old, recent, other_plugin, other_python):
+        d.mkdir()
+        if d is not recent:
+            os.utime(d, (0, 0))
+    assert version_call("/usr/bin/python3", bin_dir / "pycni-host-local", cache).returncode == 0
+    left = {p.name for p in cache.iterdir()}
+    assert week_old.name not in left and {recent.name, other_plugin.name, other_python.name} <= left
+    assert len(left) == 4  # the three kept plus the new build

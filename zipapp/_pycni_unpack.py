@@ -7,14 +7,42 @@ renames it into place; the loser discards its copy) and against newer builds
 import compileall
 import os
 import py_compile
+import re
 import shutil
 import tempfile
+import time
 import zipfile
 
 
 def _trusted(path):
     st = os.stat(path)
     return st.st_uid == os.geteuid() and not st.st_mode & 0o022
+
+
+STALE_SECONDS = 7 * 24 * 3600
+BUILD_DIR = re.compile(r"^(.+)-([0-9a-f]{20})-(.+)$")  # <plugin>-<build id>-<interpreter cache tag>
+
+
+def _prune_old_builds(base, current):
+    """Remove this plugin's other builds for this interpreter once unused for a week.
+
+    A newer build is installed over the old binary, so an old payload only
+    serves processes that started before that: after a week none is left.
+    """
+    match = BUILD_DIR.match(current)
+    if not match:
+        return
+    now = time.time()
+    for name in os.listdir(base):
+        other = BUILD_DIR.match(name)
+        if name == current or not other or (other.group(1), other.group(3)) != (match.group(1), match.group(3)):
+            continue
+        path = os.path.join(base, name)
+        try:
+            if now - os.stat(path).st_mtime > STALE_SECONDS:
+                shutil.rmtree(path, ignore_errors=True)
+        except OSError:
+            pass
 
 
 def unpack(archive, base, target):
@@ -39,6 +67,7 @@ def unpack(archive, base, target):
             os.chmod(payload, 0o755)
             try:
                 os.rename(payload, target)
+                _prune_old_builds(base, os.path.basename(target))
             except OSError:
                 pass  # another first run won the race; its copy is identical
         finally:
