@@ -26,5 +26,9 @@ demo: deps zipapps
 bench: deps zipapps
 	$(PYTHON) bench/run.py
 
+# Regenerate the kubectl manifest charts/pycni.yaml from the chart (a test fails when it is stale).
+manifest:
+	$(PYTHON) tools/render-manifest.py
+
 clean:
 	rm -rf dist build *.egg-info
