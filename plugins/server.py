@@ -66,7 +66,7 @@ def _stamped_plugin(binary: str, code_id: str) -> Optional[str]:
 
     try:
         with zipfile.ZipFile(binary) as zf:
-            launcher = zf.read("__main__.py").decode()
+            launcher = zf.read("_pycni_launch.py").decode()
     except (OSError, KeyError, zipfile.BadZipFile, UnicodeDecodeError):
         return None
     plugin = re.search(r'^PLUGIN = "([^"]+)"$', launcher, re.M)

@@ -44,7 +44,7 @@ def restamped(src: Path, dst: Path, code_id: str) -> Path:
     with zipfile.ZipFile(src) as old, zipfile.ZipFile(dst.with_suffix(".zip"), "w") as new:
         for info in old.infolist():
             body = old.read(info)
-            if info.filename == "__main__.py":
+            if info.filename == "_pycni_launch.py":
                 body = body.replace(own_code_id().encode(), code_id.encode())
             new.writestr(info, body)
     dst.write_bytes(prelude + dst.with_suffix(".zip").read_bytes())

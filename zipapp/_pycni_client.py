@@ -33,7 +33,10 @@ def handle_via_server(plugin, code_id):
     path = os.environ.get(SOCKET_ENV, DEFAULT_SOCKET)
     if not path or path == "off" or not os.path.exists(path):
         return None  # no server here: skip even importing socket
-    import socket
+    try:
+        import _socket as socket  # the C module: `socket` would add enum and selectors (~5 ms)
+    except ImportError:
+        import socket
 
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:

@@ -88,7 +88,8 @@ def build(plugin: str, out_dir: Path) -> Path:
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as zf:
         # What runs from the archive itself on every exec is stored, not deflated: no zlib import.
-        _write(zf, "__main__.py", launcher.encode(), compress=False)
+        _write(zf, "_pycni_launch.py", launcher.encode(), compress=False)
+        _write(zf, "__main__.py", b"import _pycni_launch  # `python3 <this file>` works too\n", compress=False)
         for name, data in launcher_modules():
             _write(zf, name, data, compress=False)
         for name, data in payload:

@@ -1,4 +1,4 @@
-# pycni zipapp launcher: the archive's __main__.py (build.py fills in the @NAMES@).
+# pycni zipapp launcher: the archive's _pycni_launch.py, imported by the sh prelude or __main__.py (build.py fills in the @NAMES@).
 # Kept to syntax every Python can parse, so an unsupported interpreter gets a clear
 # message instead of a SyntaxError.
 import sys
