@@ -20,6 +20,7 @@ import yaml
 from dns_helpers import free_subnet, kill_servers, server_pids
 from helpers import ROOT, sh, unique
 from podman_helpers import Podman
+from test_image import RUN, chart_security_flags, image  # noqa: F401 (fixtures)
 
 pytestmark = [pytest.mark.kernel, pytest.mark.slow]
 
@@ -68,6 +69,18 @@ class Node:
                                str(self.config), "--node-name", "e2e-node", "--pod-cidrs", pod_cidrs,
                                "--listen", "off"], capture_output=True, text=True)
         assert proc.returncode == 0, proc.stderr
+        return json.loads((self.conf / "10-pycni.conflist").read_text())
+
+    def install_with_image(self, image_ref: str, security_flags: List[str], template: Dict[str, Any],
+                           pod_cidrs: str) -> Dict[str, Any]:
+        """The installer from the built image, as the DaemonSet runs it, with this node's dirs as host paths."""
+        (self.config / "conflist.yaml").write_text(yaml.safe_dump(template))
+        cmd = RUN + ["--network", "none", *security_flags,
+                     "-v", f"{self.bin}:/host/opt/cni/bin", "-v", f"{self.conf}:/host/etc/cni/net.d",
+                     "-v", f"{self.config}:/etc/pycni/config:ro", "-e", f"PYCNI_HOST_BIN_DIR={self.bin}",
+                     "-e", "PYCNI_NODE_NAME=e2e-node", "-e", f"PYCNI_POD_CIDRS={pod_cidrs}", image_ref, "--once"]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
         return json.loads((self.conf / "10-pycni.conflist").read_text())
 
     def reservations(self) -> List[str]:
@@ -134,6 +147,22 @@ def test_default_conflist_two_containers_ping_resolve_and_clean_up(node: Node) -
     records = node.dns_state / node.network / "records.json"
     assert not records.exists() or all(cid not in records.read_text() for cid in ids)
     assert server_pids(node.dns_state) == [], "the DNS server is gone after the last container"
+
+
+@pytest.mark.standalone_only  # the image's own server path is covered in test_image
+def test_installed_by_the_built_image(node: Node, image: str, chart_security_flags: List[str]) -> None:  # noqa: F811
+    subnet = free_subnet()
+    conf = node.install_with_image(image, chart_security_flags, node.template(), str(subnet))
+    assert [p["type"] for p in conf["plugins"]] == ["pycni-bridge", "pycni-dns"]
+    assert sorted(p.name for p in node.bin.iterdir() if p.name.startswith("pycni-")) == [
+        "pycni-bridge", "pycni-dns", "pycni-host-local", "pycni-macvlan"]
+    a, b = unique("a"), unique("b")
+    ip_a, ip_b = start(node, a), start(node, b)
+    assert all(ipaddress.ip_address(ip) in subnet for ip in (ip_a, ip_b))
+    exec_in(node, a, "ping", "-c", "1", "-W", "3", ip_b)
+    assert f"Address: {ip_b}" in exec_in(node, a, "nslookup", b).stdout.decode()
+    node.podman("rm", "-f", "-t", "0", a, b)
+    assert node.reservations() == [] and host_veths(node.bridge) == []
 
 
 def test_macvlan_on_a_veth_master(node: Node) -> None:
