@@ -24,7 +24,7 @@ from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
-from helpers import plugin_env, sh, unique
+from helpers import plugin_env, sh, unique, wait_until  # noqa: F401 (wait_until: used by test_agent)
 from k8s_fake_api import FakeKubeAPI, _Handler
 
 NAMESPACE, CONFIGMAP = "kube-system", "pycni"
@@ -56,15 +56,6 @@ class NetFakeKubeAPI(FakeKubeAPI):
         return f"http://{self.host}:{self._server.server_address[1]}"
 
 
-def wait_until(check: Callable[[], Any], timeout: float = 15.0, interval: float = 0.1, what: str = "") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what or check}")
-        time.sleep(interval)
 
 
 def _free_subnet(taken: List[ipaddress.IPv4Network]) -> ipaddress.IPv4Network:
@@ -226,7 +217,8 @@ class Cluster:
         log.close()
         self.procs.append(node.agent)
         if wait_ready:
-            wait_until(lambda: self.ready(node), 20, 0.1, f"agent of {node.name} ready; log: {self.log(node)[-2000:]}")
+            wait_until(lambda: self.ready(node), 20, f"agent of {node.name} ready; log: {self.log(node)[-2000:]}",
+                       interval=0.1)
         return node.agent
 
     def stop_agent(self, node: Node, sig: int = signal.SIGTERM) -> None:
@@ -295,7 +287,7 @@ class Cluster:
                   check=False).returncode == 0
 
     def wait_ping(self, pod: Dict[str, str], ip: str, timeout: float = 15.0) -> None:
-        wait_until(lambda: self.ping(pod, ip), timeout, 0.05, f"ping {pod['ip']} -> {ip}")
+        wait_until(lambda: self.ping(pod, ip), timeout, f"ping {pod['ip']} -> {ip}")
 
     def observed_source(self, client: Dict[str, str], server: Dict[str, str], port: int = 5599) -> str:
         """The source address `server` sees on a UDP datagram from `client` (NAT or not)."""

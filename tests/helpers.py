@@ -4,15 +4,28 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 import uuid
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
 ROOT = Path(__file__).resolve().parent.parent
 REFERENCE_BIN = Path("/usr/lib/cni")
 NODE_PYTHON = "/usr/bin/python3"
 # What a container runtime gives a plugin: a bare environment, run from "/".
 RUNTIME_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+def wait_until(check: Callable[[], Any], timeout: float = 15.0, what: str = "", interval: float = 0.05) -> Any:
+    """Poll `check` until it returns something true (returned), failing the test after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what or check}")
+        time.sleep(interval)
 
 
 def unique(prefix: str = "t") -> str:

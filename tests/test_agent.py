@@ -38,7 +38,7 @@ def start_agents(c: Cluster, nodes) -> None:
     for node in nodes:
         c.start_agent(node, wait_ready=False)
     for node in nodes:
-        wait_until(lambda: c.ready(node), 60, 0.1, f"agent of {node.name} ready: {c.log(node)[-3000:]}")
+        wait_until(lambda: c.ready(node), 60, f"agent of {node.name} ready: {c.log(node)[-3000:]}", interval=0.1)
 
 
 def test_host_gw_pod_reaches_pods_on_other_nodes_keeping_its_source(cluster: Cluster) -> None:

@@ -21,6 +21,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 import pytest
 
 from helpers import ROOT
+from helpers import wait_until as wait_for
 from k8s_fake_api import FakeKubeAPI
 
 NS, CM, KEY = "kube-system", "pycni-config", "conflist.yaml"
@@ -60,15 +61,6 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.02) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
 
 
 def kubelet_update(volume: Path, files: Dict[str, str]) -> bool:

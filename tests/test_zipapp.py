@@ -143,21 +143,25 @@ def test_replacing_the_file_mid_start_with_another_layout_is_harmless(bin_dir: P
         i = 0
         while time.monotonic() < stop:
             tmp = tmp_path / f".plugin.{i}"
-            shutil.copyfile(builds[i % 2], tmp)
+            # `cp` writes the temp file: were it open for writing in this process, a runner forked
+            # meanwhile would inherit the fd and exec would see ETXTBSY, which no installer causes.
+            subprocess.run(["cp", str(builds[i % 2]), str(tmp)], check=True)
             tmp.chmod(0o755)
             os.replace(tmp, target)
             i += 1
 
     def run() -> None:
         while time.monotonic() < stop:
-            proc = subprocess.run([str(target)], env=env, input=b"[]", stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-            runs[0] += 1
             try:
+                proc = subprocess.run([str(target)], env=env, input=b"[]", stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE)
                 ok = proc.returncode == 1 and json.loads(proc.stdout)["code"] == 6
-            except ValueError:
-                ok = False
+                detail = (proc.returncode, proc.stdout[-200:], proc.stderr[-300:])
+            except (OSError, ValueError) as exc:
+                ok, detail = False, repr(exc)
+            runs[0] += 1
             if not ok:
-                failures.append((proc.returncode, proc.stdout[-200:], proc.stderr[-300:]))
+                failures.append(detail)
 
     shutil.copyfile(builds[0], target)
     target.chmod(0o755)
