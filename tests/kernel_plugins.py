@@ -8,7 +8,7 @@ import subprocess
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
-from helpers import REFERENCE_BIN, in_netns, netns_path, plugin_env, sh
+from helpers import REFERENCE_BIN, exec_plugin, in_netns, netns_path, plugin_env, sh
 
 
 class Node:
@@ -29,16 +29,7 @@ class Node:
             ifname: str = "eth0", args: str = "", binary: Optional[str] = None) -> Tuple[Any, int, str]:
         env = plugin_env(command, netns=netns_path(netns) if netns else "", container_id=container_id,
                          ifname=ifname, args=args, cni_path=self.cni_path)
-        data = json.dumps(conf).encode()
-        proc = subprocess.run(["ip", "netns", "exec", self.name, self.plugin(binary or conf["type"])],
-                              input=data, env=env, cwd="/", stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              timeout=120)
-        out = proc.stdout.decode()
-        try:
-            parsed = json.loads(out) if out.strip() else None
-        except ValueError:
-            raise AssertionError(f"plugin printed non-JSON: {out!r}; stderr: {proc.stderr.decode()}")
-        return parsed, proc.returncode, proc.stderr.decode()
+        return exec_plugin(self.plugin(binary or conf["type"]), env, conf, netns=self.name)
 
     def ok(self, command: str, conf: Dict[str, Any], netns: str = "", **kw: Any) -> Any:
         out, rc, err = self.run(command, conf, netns, **kw)
