@@ -10,7 +10,7 @@ from typing import Any, Dict
 
 import pytest
 
-from helpers import REFERENCE_BIN, in_netns, link_exists, netns_path, sh, unique
+from helpers import in_netns, link_exists, netns_path, sh, unique
 from kernel_plugins import (Node, addrs, host_local, kernel_supports_vlan_filtering, link_json, node, ping,  # noqa: F401
                             shape)
 

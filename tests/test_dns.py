@@ -14,7 +14,7 @@ from typing import Iterator
 import pytest
 
 from dns_helpers import (
-    DnsNetwork, Upstream, alive, dig, free_subnet, kill_servers, random_frames, read_pid, server_pids,
+    DnsNetwork, Upstream, alive, dig, free_subnet, kill_servers, random_frames, server_pids,
     tcp_frame, udp_query, wait_until,
 )
 from helpers import netns_path
@@ -289,7 +289,7 @@ def test_dead_server_status_and_stale_pidfile(make_network, state_dir):
 def test_gc_drops_stale_attachments(make_network):
     net = make_network()
     a = net.attach("alpha")
-    b = net.attach("bravo")
+    net.attach("bravo")
     valid = [{"containerID": a.container_id, "ifname": "eth0"}]
     out, rc, err = net.dns("GC", "", cniVersion="1.1.0", **{"cni.dev/valid-attachments": valid})
     assert rc == 0, (out, err)
