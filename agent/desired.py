@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass, field
-from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Set, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence, Set, Tuple
 
 from .nodes import VTEP_MAC_ANNOTATION, NodeInfo
+
 
 @dataclass(frozen=True)
 class Subnet:
@@ -156,7 +157,3 @@ def compute(local_name: str, nodes: Mapping[str, NodeInfo], backend: str, subnet
             out.unreachable[name] = "; ".join(problems)
     out.cluster_cidrs = sorted(all_cidrs, key=lambda c: (ipaddress.ip_network(c).version, ipaddress.ip_network(c)))
     return out
-
-
-def families(cidrs: Iterable[str]) -> Set[int]:
-    return {ipaddress.ip_network(c, strict=False).version for c in cidrs}

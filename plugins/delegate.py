@@ -1,7 +1,6 @@
 """IPAM delegation: run the `ipam.type` plugin with our environment and stdin."""
 from __future__ import annotations
 
-
 from .env import Invocation
 from .invoke import Runner, decode_output, execute, find_plugin
 from .result import Result
@@ -26,8 +25,7 @@ class IpamDelegate:
         return execute(binary, environ, self.stdin, self.runner)
 
     def add(self) -> Result:
-        binary = find_plugin(self.ipam_type, self.inv.path)
-        return Result.from_dict(decode_output(binary, self._run("ADD")))
+        return Result.from_dict(decode_output(self.ipam_type, self._run("ADD")))
 
     def delete(self) -> None:
         self._run("DEL")

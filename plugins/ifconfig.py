@@ -6,7 +6,6 @@ namespace and the interface's index; everything goes out in one netlink batch.
 from __future__ import annotations
 
 import ipaddress
-import socket
 
 from . import netlink as nl
 from .errors import INTERNAL, INVALID_CONFIG, CNIError
@@ -90,7 +89,3 @@ def check(sock: nl.RtSocket, result: Result, index: int, ifname: str, if_positio
         key = (str(route.dst), str(ipaddress.ip_address(gw)) if gw else "")
         if key not in present:
             raise CNIError(INTERNAL, f"route {route.dst}" + (f" via {gw}" if gw else "") + f" is missing on {ifname}")
-
-
-def family_of(address: str) -> int:
-    return socket.AF_INET6 if ":" in address else socket.AF_INET

@@ -82,10 +82,6 @@ def nla_u8(kind: int, value: int) -> bytes:
     return nla(kind, struct.pack("=B", value))
 
 
-def nla_u16(kind: int, value: int) -> bytes:
-    return nla(kind, struct.pack("=H", value))
-
-
 def nla_u32(kind: int, value: int) -> bytes:
     return nla(kind, struct.pack("=I", value))
 

@@ -1,12 +1,10 @@
 """What a pycni plugin is: a config loader and one method per verb."""
 from __future__ import annotations
 
-from .record import Record
-
 from .config import NetConf
 from .env import Invocation
-from .errors import INVALID_CONFIG, CNIError
 from .log import EventLog
+from .record import Record
 from .result import Result
 
 TYPE_CHECKING = False  # typing is not imported at run time: it costs every exec milliseconds
@@ -25,11 +23,6 @@ class Context(Record):
     stdin: bytes
     log: EventLog
     ipam: Optional[IpamDelegate]
-
-    def require_ipam(self) -> IpamDelegate:
-        if self.ipam is None:
-            raise CNIError(INVALID_CONFIG, "ipam: no IPAM plugin configured")
-        return self.ipam
 
 
 class Plugin:

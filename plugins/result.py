@@ -167,9 +167,6 @@ class DNS(Record):
             raise _bad("dns domain", domain)
         return cls(domain=domain, **lists)
 
-    def is_empty(self) -> bool:
-        return not (self.nameservers or self.domain or self.search or self.options)
-
     def to_dict(self) -> Dict[str, Any]:
         out: Dict[str, Any] = {}
         if self.nameservers:

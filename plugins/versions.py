@@ -47,4 +47,3 @@ def negotiate(cni_version: Optional[str], cni_versions: Optional[Iterable[str]])
 
 def at_least(version: str, minimum: str) -> bool:
     return version_tuple(version) >= version_tuple(minimum)
-

@@ -24,7 +24,7 @@ from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
-from helpers import plugin_env, sh, unique, wait_until  # noqa: F401 (wait_until: used by test_agent)
+from helpers import plugin_env, sh, stop_process, unique, wait_until  # noqa: F401 (wait_until: used by test_agent)
 from k8s_fake_api import FakeKubeAPI, _Handler
 
 NAMESPACE, CONFIGMAP = "kube-system", "pycni"
@@ -222,13 +222,8 @@ class Cluster:
         return node.agent
 
     def stop_agent(self, node: Node, sig: int = signal.SIGTERM) -> None:
-        if node.agent is not None and node.agent.poll() is None:
-            node.agent.send_signal(sig)
-            try:
-                node.agent.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                node.agent.kill()
-                node.agent.wait()
+        if node.agent is not None:
+            stop_process(node.agent, sig)
         node.agent = None
 
     def http(self, node: Node, path: str) -> subprocess.CompletedProcess:

@@ -21,6 +21,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 import pytest
 
 from helpers import ROOT
+from helpers import stop_process
 from helpers import wait_until as wait_for
 from k8s_fake_api import FakeKubeAPI
 
@@ -167,15 +168,9 @@ class Installer:
         return self.log_path.read_text()
 
     def stop(self, sig: int = signal.SIGTERM) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        code = stop_process(self.proc, sig)
         self._log.close()
-        return self.proc.returncode
+        return code
 
 
 @pytest.fixture

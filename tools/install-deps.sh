@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(iproute2 nftables iptables containernetworking-plugins dnsmasq-base
-              iputils-ping dnsutils procps psmisc podman runc busybox-static strace)
+              iputils-ping dnsutils procps psmisc podman runc busybox-static strace curl)
 PYTHON=${PYTHON:-python3}
 
 missing=()
