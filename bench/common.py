@@ -51,6 +51,21 @@ def time_runs(fn: Callable[[], object], runs: int, warmup: int = 2) -> List[floa
     return times
 
 
+def time_interleaved(fns: Mapping[str, Callable[[], object]], runs: int, warmup: int = 2) -> Dict[str, List[float]]:
+    """Like time_runs for several contenders, taking turns run by run: drift on a shared
+    machine then hits them all alike, and their ratios stay fair."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    times: Dict[str, List[float]] = {name: [] for name in fns}
+    for _ in range(runs):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append((time.perf_counter() - start) * 1000)
+    return times
+
+
 def median(times: Sequence[float]) -> float:
     return statistics.median(times)
 
@@ -64,6 +79,40 @@ def report(title: str, rows: Dict[str, List[float]], baseline: Optional[str] = N
         ratio = f"  x{median(times) / base:.2f} vs {baseline}" if base and name != baseline else ""
         print(f"  {name:<42} median {median(times):8.2f} ms  p10 {q[0]:8.2f}  p90 {q[-1]:8.2f}  (n={len(times)}){ratio}")
     sys.stdout.flush()
+
+
+def node_python_path(work: Path) -> str:
+    """A PYTHONPATH under `work` that lets NODE_PYTHON import this tree's pycni (and dnslib) as installed."""
+    import importlib.util
+
+    tree = work / "node-python"
+    (tree / "pycni").mkdir(parents=True, exist_ok=True)
+    links = {tree / "pycni" / "plugins": ROOT / "plugins"}
+    for library in ("dnslib",):
+        spec = importlib.util.find_spec(library)
+        links[tree / library] = Path(list(spec.submodule_search_locations)[0])
+    for link, target in links.items():
+        if not link.exists():
+            link.symlink_to(target)
+    return str(tree)
+
+
+def start_node_server(work: Path, socket_path: Path, *args: str) -> subprocess.Popen:
+    """pycni-server on NODE_PYTHON (Debian's build, as the image runs it); returns once it answers."""
+    from pycni.plugins.server import health
+
+    env = dict(os.environ, PYTHONPATH=node_python_path(work))
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    proc = subprocess.Popen([NODE_PYTHON, "-m", "pycni.plugins.server", "--socket", str(socket_path), *args],
+                            env=env, stderr=subprocess.DEVNULL)
+    for _ in range(400):
+        if socket_path.exists() and health(str(socket_path)):
+            return proc
+        if proc.poll() is not None:
+            break
+        time.sleep(0.05)
+    proc.kill()
+    raise SystemExit("bench: pycni-server did not start")
 
 
 def require_built(*names: str) -> None:

@@ -12,17 +12,14 @@ import json
 import subprocess
 import sys
 import tempfile
-import time
 import uuid
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests"))
-from common import DIST_BIN, REFERENCE_BIN, report, require_built, time_runs  # noqa: E402
+from common import DIST_BIN, REFERENCE_BIN, report, require_built, start_node_server, time_runs  # noqa: E402
 from podman_helpers import Podman  # noqa: E402
-
-from pycni.plugins.server import health  # noqa: E402
 
 
 def network(name: str, bridge: str, subnet: str, data_dir: Path, ours: bool) -> dict:
@@ -46,17 +43,12 @@ def main() -> None:
         (podman.network_dir / f"{name}.conflist").write_text(
             json.dumps(network(name, bridge, subnet, work / "ipam", ours)))
     socket_path = work / "server" / "server.sock"
-    server = subprocess.Popen([sys.executable, "-m", "pycni.plugins.server", "--socket", str(socket_path)],
-                              stderr=subprocess.DEVNULL)
+    server = start_node_server(work, socket_path)
     try:
         image = podman.import_busybox()
         rows = {}
         for label, (name, *_rest) in nets.items():
             rows[label] = time_runs(lambda n=name: podman.run("--rm", "--network", n, image, "true"), runs)
-        for _ in range(100):
-            if health(str(socket_path)):
-                break
-            time.sleep(0.1)
         podman.env["PYCNI_SERVER_SOCKET"] = str(socket_path)
         rows["pycni + server"] = time_runs(lambda: podman.run("--rm", "--network", nets["pycni"][0], image, "true"),
                                            runs)

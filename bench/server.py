@@ -20,12 +20,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import DIST_BIN, REFERENCE_BIN, report, require_built, time_runs  # noqa: E402
+from common import DIST_BIN, REFERENCE_BIN, report, require_built, start_node_server, time_interleaved  # noqa: E402
 
 from pycni.plugins import wire  # noqa: E402
 from pycni.plugins.buildinfo import own_code_id  # noqa: E402
 from pycni.plugins.chain import Attachment, ChainRunner, NetworkList  # noqa: E402
-from pycni.plugins.server import health  # noqa: E402
 
 
 def conflist(kind: str, bridge: str, subnet: str, data_dir: str, masq: bool) -> NetworkList:
@@ -37,22 +36,24 @@ def conflist(kind: str, bridge: str, subnet: str, data_dir: str, masq: bool) -> 
     return NetworkList.parse(json.dumps(conf).encode())
 
 
-def rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
+def memory_kib(pid: int) -> dict:
+    """Rss, Pss and private (unshared) memory of one process, in KiB."""
+    fields = {}
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:]:
+        name, value = line.split(":", 1)
+        fields[name] = int(value.split()[0])
+    return {"rss": fields["Rss"], "pss": fields["Pss"],
+            "private": fields["Private_Clean"] + fields["Private_Dirty"]}
 
 
-
-def start_server(path: Path) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, "-m", "pycni.plugins.server", "--socket", str(path)],
-                            stderr=subprocess.DEVNULL)
-    for _ in range(400):
-        if path.exists() and health(str(path)):
-            return proc
-        time.sleep(0.05)
-    raise SystemExit("bench: pycni-server did not start")
+def server_memory(server: subprocess.Popen) -> str:
+    """The server's memory and its idle workers' (children): what the node pays for the warm pool."""
+    children = Path(f"/proc/{server.pid}/task/{server.pid}/children").read_text().split()
+    parent = memory_kib(server.pid)
+    workers = [memory_kib(int(pid)) for pid in children]
+    total_pss = parent["pss"] + sum(w["pss"] for w in workers)
+    return (f"server RSS {parent['rss']} KiB; {len(workers)} idle workers, private "
+            f"{'/'.join(str(w['private']) for w in workers)} KiB; PSS of all {total_pss} KiB")
 
 
 def main() -> None:
@@ -66,7 +67,8 @@ def main() -> None:
     sock = work / "server.sock"
     netns = f"bsrv{uuid.uuid4().hex[:6]}"
     subprocess.run(["ip", "netns", "add", netns], check=True)
-    server = start_server(sock)
+    server = start_node_server(work, sock)
+    forking = start_node_server(work, work / "forking.sock", "--idle-workers", "0")
     bridges = []
     try:
         base_env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
@@ -75,9 +77,11 @@ def main() -> None:
             "reference": ChainRunner(cni_path, str(work / "cache"), dict(base_env, PYCNI_SERVER_SOCKET="off")),
             "pycni standalone": ChainRunner(cni_path, str(work / "cache"), dict(base_env, PYCNI_SERVER_SOCKET="off")),
             "pycni + server": ChainRunner(cni_path, str(work / "cache"), dict(base_env, PYCNI_SERVER_SOCKET=str(sock))),
+            "pycni + server, fork per request": ChainRunner(
+                cni_path, str(work / "cache"), dict(base_env, PYCNI_SERVER_SOCKET=str(work / "forking.sock"))),
         }
         for masq in (True, False):
-            rows = {}
+            cycles = {}
             for i, (name, runner) in enumerate(runners.items()):
                 bridge = f"bb{uuid.uuid4().hex[:8]}"
                 bridges.append(bridge)
@@ -88,8 +92,9 @@ def main() -> None:
                 def cycle(runner=runner, net=net, att=att) -> None:
                     runner.add(net, att)
                     runner.delete(net, att)
-                rows[name] = time_runs(cycle, opts.runs)
-            report(f"bridge + host-local ADD+DEL, isGateway, ipMasq={masq}", rows, baseline="reference")
+                cycles[name] = cycle
+            report(f"bridge + host-local ADD+DEL, isGateway, ipMasq={masq}",
+                   time_interleaved(cycles, opts.runs), baseline="reference")
 
         # Thin client peak memory: one ADD through the server, measured by GNU time.
         env = dict(base_env, CNI_COMMAND="VERSION", PYCNI_SERVER_SOCKET=str(sock))
@@ -113,14 +118,16 @@ def main() -> None:
                 s.sendall(wire.encode_request("pycni-host-local", code_id, env, ipam_conf))
                 return wire.read_response(s)[0]
 
-        rest = rss_kib(server.pid)
+        time.sleep(0.5)  # idle workers replaced and settled
+        rest = server_memory(server)
         start = time.perf_counter()
         with ThreadPoolExecutor(4) as pool:
             codes = list(pool.map(lambda i: (request("ADD", f"m{i}"), request("DEL", f"m{i}")), range(opts.cycles)))
         elapsed = time.perf_counter() - start
         failures = sum(1 for a, d in codes if a or d)
-        print(f"== server RSS at rest {rest} KiB; after {opts.cycles} ADD+DEL cycles {rss_kib(server.pid)} KiB "
-              f"({elapsed:.1f} s, {failures} failures)")
+        time.sleep(0.5)
+        print(f"== at rest: {rest}\n== after {opts.cycles} ADD+DEL cycles ({elapsed:.1f} s, {failures} failures): "
+              f"{server_memory(server)}")
 
         # Concurrent ADDs through the server vs the reference.
         for name in ("reference", "pycni + server"):
@@ -144,8 +151,9 @@ def main() -> None:
             for ns in namespaces:
                 subprocess.run(["ip", "netns", "del", ns])
     finally:
-        server.terminate()
-        server.wait()
+        for proc in (server, forking):
+            proc.terminate()
+            proc.wait()
         subprocess.run(["ip", "netns", "del", netns])
         for bridge in bridges:
             subprocess.run(["ip", "link", "del", bridge], stderr=subprocess.DEVNULL)

@@ -92,6 +92,10 @@ class DnsPlugin(Plugin):
     name = "pycni-dns"
     delegates_ipam = False
 
+    def warm_up(self) -> None:
+        """For a warm server process: import what the verbs import lazily."""
+        from . import dns_daemon  # noqa: F401
+
     def load_config(self, conf) -> DnsConfig:
         domain = conf.get("domainName", str, DEFAULT_DOMAIN).strip().lower().rstrip(".")
         problem = dns_name_problem(domain)

@@ -68,7 +68,7 @@ def start(store: NetworkStore) -> int:
     except OSError:
         pass
     read_end, write_end = os.pipe()
-    paths = os.pathsep.join(p for p in sys.path if isinstance(p, str) and p)
+    paths = os.pathsep.join(_usable_elsewhere(p) for p in sys.path if isinstance(p, str) and p)
     argv = [sys.executable, "-c", BOOT, paths, store.dir, str(write_end)]
     child = os.fork()
     if child == 0:  # first child: new session, fork again so the server is no session leader
@@ -89,6 +89,23 @@ def start(store: NetworkStore) -> int:
     if not message:
         message = "server exited without saying why"
     raise CNIError(IO_FAILURE, f"pycni-dns server for network {store.network!r} did not start: {message}")
+
+
+def _usable_elsewhere(path: str) -> str:
+    """A sys.path entry the server process can use too.
+
+    A zipapp run without a usable cache imports from /proc/self/fd/9/payload (the
+    prelude pins the archive on fd 9), which means nothing in another process:
+    name the archive file itself instead.
+    """
+    prefix = "/proc/self/fd/"
+    if not path.startswith(prefix):
+        return path
+    fd, sep, rest = path[len(prefix):].partition("/")
+    try:
+        return os.readlink(prefix + fd) + sep + rest
+    except OSError:
+        return path
 
 
 def _exec_server(argv: List[str], read_end: int, write_end: int) -> None:

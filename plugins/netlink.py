@@ -456,6 +456,11 @@ def port_vlan_requests(index: int, vlan: int, trunks: Sequence[Tuple[int, int]],
 # ---------------------------------------------------------------- namespaces and sysctls
 
 _LIBC = None
+# Where /proc/sys is. A container whose /proc/sys is read-only (every unprivileged one) gets the
+# host's /proc/sys/net bind-mounted elsewhere (the chart: /host/proc/sys/net); lookups through it
+# still follow the writing thread's current netns. Read once, at import: a property of where the
+# process runs, never of a request's env.
+PROC_SYS = os.environ.get("PYCNI_PROC_SYS") or "/proc/sys"
 
 
 def _setns(fd: int) -> None:
@@ -524,7 +529,7 @@ def open_netns(path: str) -> Optional[Netns]:
 
 def write_sysctl(path: str, value: str, only_if_present: bool = True) -> bool:
     """Write a /proc/sys value (in the netns current at the call); skip when it already holds it."""
-    full = "/proc/sys/" + path
+    full = PROC_SYS + "/" + path
     try:
         with open(full, "r+") as handle:
             if handle.read().strip() == value:

@@ -1,11 +1,12 @@
 """pycni-server: a warm node process that runs CNI requests handed over by the thin zipapps.
 
-The plugin code (and pyroute2) is imported once here; each request runs in a
-worker forked from this warm process, so netns switches, crashes and leaked
-state of one request never touch another or the server. The result is the
-same bytes and exit code an exec of the zipapp would have produced.
+The plugin code is imported once here; each request runs in a worker forked
+from this warm process, so netns switches, crashes and leaked state of one
+request never touch another or the server. A few workers are forked ahead of
+requests and wait in accept() with their memory already their own, so a
+request starts at once. Each worker serves one connection and exits.
 
-    pycni-server [--socket /run/pycni/server.sock] [--max-workers 64]
+    pycni-server [--socket /run/pycni/server.sock] [--max-workers 64] [--idle-workers 2]
     pycni-server health [--socket ...]      (exit 0 when the server answers)
 """
 from __future__ import annotations
@@ -14,119 +15,71 @@ import argparse
 import errno
 import gc
 import os
+import select
 import selectors
 import signal
 import socket
 import struct
 import sys
-import time
-from typing import Callable, Dict, Mapping, Optional, Tuple
+from typing import Dict, Optional
 
 from . import wire
 from .buildinfo import own_code_id
-from .invoke import run_binary
+from .server_memory import SharedCounters, madvise_function, own_private_pages
+from .server_request import HEALTH_PLUGIN, serve_connection
 
-HEALTH_PLUGIN = "pycni-server-health"
-REQUEST_TIMEOUT_SECONDS = 10.0  # for reading a request; running it has the plugins' own bounds
+PID = struct.Struct("i")
 
 
-class SameBuildRunner:
-    """IPAM delegation that runs a pycni plugin of this very code in-process instead of exec'ing it.
+def check_sysctl_root() -> None:
+    """Refuse to start when PYCNI_PROC_SYS names a dir without the host's net sysctls in it.
 
-    Only when the delegate binary is a pycni zipapp stamped with our code id:
-    then the in-process run is the same code on the same env and stdin, and
-    its stdout and exit code are those of the exec. Anything else is exec'd.
+    Plugins skip sysctls that are not there (an interface without IPv6, say), so a
+    missing mount would otherwise quietly leave every pod without its sysctls.
     """
+    from .netlink import PROC_SYS
 
-    def __init__(self, code_id: str) -> None:
-        self.code_id = code_id
-        self._seen: Dict[Tuple[int, int, int, int], Optional[str]] = {}
-
-    def plugin_of(self, binary: str) -> Optional[str]:
-        try:
-            st = os.stat(binary)
-        except OSError:
-            return None
-        key = (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
-        if key not in self._seen:
-            self._seen[key] = _stamped_plugin(binary, self.code_id)
-        return self._seen[key]
-
-    def __call__(self, binary: str, environ: Mapping[str, str], stdin: bytes) -> Tuple[bytes, int]:
-        plugin = self.plugin_of(binary)
-        if plugin is None:
-            return run_binary(binary, environ, stdin)
-        return run_request(plugin, environ, stdin, self)
-
-
-def _stamped_plugin(binary: str, code_id: str) -> Optional[str]:
-    """The plugin name when `binary` is a pycni zipapp built from code `code_id`."""
-    import re
-    import zipfile
-
-    try:
-        with zipfile.ZipFile(binary) as zf:
-            launcher = zf.read("_pycni_launch.py").decode()
-    except (OSError, KeyError, zipfile.BadZipFile, UnicodeDecodeError):
-        return None
-    plugin = re.search(r'^PLUGIN = "([^"]+)"$', launcher, re.M)
-    stamp = re.search(r'^CODE_ID = "([^"]+)"$', launcher, re.M)
-    if plugin and stamp and stamp.group(1) == code_id:
-        return plugin.group(1)
-    return None
-
-
-def run_request(plugin: str, environ: Mapping[str, str], stdin: bytes,
-                runner: Optional[Callable] = None) -> Tuple[bytes, int]:
-    from .dispatch import run
-    from .registry import load
-
-    return run(lambda: load(plugin), environ, stdin, runner)
+    if not os.path.isfile(os.path.join(PROC_SYS, "net", "ipv4", "ip_forward")):
+        raise SystemExit(f"pycni-server: no net sysctls under {PROC_SYS} (PYCNI_PROC_SYS): "
+                         "mount the host's /proc/sys/net there")
 
 
 def warm_up() -> None:
     """Import every plugin and what its verbs import lazily, so forked workers start warm."""
-    from . import registry
+    import json  # noqa: F401
+
+    from . import config, delegate, dispatch, env, log, plugin, registry  # noqa: F401
 
     for name in registry.PLUGIN_MODULES:
-        plugin = registry.load(name)
-        warm = getattr(plugin, "warm_up", None)
+        warm = getattr(registry.load(name), "warm_up", None)
         if callable(warm):
             warm()
 
 
-def _peer(conn: socket.socket) -> Tuple[int, int]:
-    """(pid, uid) of the client; pid is 0 when it lives outside our pid namespace."""
-    creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    pid, uid, _gid = struct.unpack("3i", creds)
-    return pid, uid
-
-
-def _in_other_netns(pid: int) -> bool:
-    """Whether a client we can see runs in another network namespace than ours.
-
-    Its request must then run where it is (in-process), as an exec would: a
-    plugin started inside some namespace works on that namespace's host side.
-    Clients we cannot see (another pid namespace, e.g. the host seen from the
-    server's container) reached our socket on the host and are served.
-    """
-    try:
-        return os.stat(f"/proc/{pid}/ns/net").st_ino != os.stat("/proc/self/ns/net").st_ino
-    except OSError:
-        return False
-
-
 class Server:
-    def __init__(self, socket_path: str, max_workers: int = 64) -> None:
-        self.socket_path = socket_path
-        self.max_workers = max_workers
-        self.code_id = own_code_id()
-        self.workers: Dict[int, float] = {}
-        self.stopping = False
-        self.served = 0
-        self.socket_inode = 0
+    """The parent: keeps `idle_workers` forked workers waiting, reaps them, drains on SIGTERM.
 
-    # -- the parent: accept, fork, reap ---------------------------------------
+    It never reads a request itself, so no input can crash it. With
+    idle_workers=0 it accepts and forks a worker per connection instead.
+    """
+
+    def __init__(self, socket_path: str, max_workers: int = 64, idle_workers: int = 2) -> None:
+        self.socket_path = socket_path
+        self.max_workers = max(1, max_workers)
+        self.idle_target = max(0, min(idle_workers, self.max_workers))
+        self.code_id = own_code_id()
+        self.workers: Dict[int, bool] = {}  # pid -> still idle
+        self.counters = SharedCounters()
+        self.stopping = False
+        self.socket_inode = 0
+        self.madvise = None
+        # A worker writes its pid to `taken` when it accepted a connection; idle workers
+        # exit when `stop` reads end-of-file (the server closed it, or died).
+        self.taken_r, self.taken_w = os.pipe()
+        self.stop_r, self.stop_w = os.pipe()
+        self.wake_r, self.wake_w = os.pipe()  # signal wake-ups (SIGCHLD, SIGTERM)
+
+    # -- the parent -------------------------------------------------------------
 
     def listen(self) -> socket.socket:
         directory = os.path.dirname(self.socket_path) or "."
@@ -144,33 +97,62 @@ class Server:
         return listener
 
     def serve_forever(self) -> None:
+        check_sysctl_root()
         warm_up()
+        self.madvise = madvise_function()
         listener = self.listen()
-        listener.setblocking(False)
+        listener.setblocking(False)  # shared with the workers: accept never blocks anyone
+        for fd in (self.wake_r, self.wake_w, self.taken_r):
+            os.set_blocking(fd, False)
+        signal.set_wakeup_fd(self.wake_w)
+        signal.signal(signal.SIGCHLD, lambda *_: None)  # only to wake the selector
         signal.signal(signal.SIGTERM, self._stop)
         signal.signal(signal.SIGINT, self._stop)
-        gc.freeze()  # keep the warm heap shared with the forked workers
+        gc.freeze()  # keep the warm heap out of the collector: shared with the workers
         selector = selectors.DefaultSelector()
-        selector.register(listener, selectors.EVENT_READ)
-        print(f"pycni-server: listening on {self.socket_path} (code {self.code_id})", file=sys.stderr, flush=True)
+        selector.register(self.wake_r, selectors.EVENT_READ)
+        selector.register(self.taken_r, selectors.EVENT_READ)
+        if not self.idle_target:
+            selector.register(listener, selectors.EVENT_READ)
+        print(f"pycni-server: listening on {self.socket_path} (code {self.code_id}, "
+              f"{self.idle_target} idle workers)", file=sys.stderr, flush=True)
         while not self.stopping:
             self._reap()
-            if len(self.workers) >= self.max_workers:
-                time.sleep(0.001)
-                continue
-            if selector.select(timeout=0.5):
-                self._accept_all(listener)
+            while self._should_fork_idle():
+                self._fork(self._wait_for_connection, listener)
+            for key, _ in selector.select(timeout=1.0):
+                if key.fileobj == self.taken_r:
+                    self._note_taken()
+                elif key.fileobj == self.wake_r:
+                    _read_all(self.wake_r)
+                else:
+                    self._accept_all(listener)
         self._drain(listener)
 
     def _stop(self, *_: object) -> None:
         self.stopping = True
+
+    def _should_fork_idle(self) -> bool:
+        """Below the idle target, fork another, but not beside a running request while one
+        idle worker is still there: forking and copying pages would slow that request (2 cores)."""
+        idle = sum(1 for is_idle in self.workers.values() if is_idle)
+        busy = len(self.workers) - idle
+        return (not self.stopping and idle < self.idle_target and len(self.workers) < self.max_workers
+                and (idle == 0 or busy == 0))
+
+    def _note_taken(self) -> None:
+        data = _read_all(self.taken_r)
+        for (pid,) in PID.iter_unpack(data[:len(data) - len(data) % PID.size]):
+            if pid in self.workers:
+                self.workers[pid] = False
 
     def _drain(self, listener: socket.socket) -> None:
         """On stop: unlink first (new clients run in-process), then serve what is already queued."""
         with _suppress_missing():
             if os.stat(self.socket_path).st_ino == self.socket_inode:  # not a newer server's socket
                 os.unlink(self.socket_path)
-        listener.setblocking(False)
+        os.close(self.stop_w)  # idle workers leave; one that took a connection finishes it
+        self.stop_w = -1
         self._accept_all(listener)
         listener.close()
         while self.workers:
@@ -182,24 +164,21 @@ class Server:
                 conn, _ = listener.accept()
             except (BlockingIOError, InterruptedError):
                 return
-            self._fork_worker(conn, listener)
+            self._fork(self._serve, conn, idle=False)
+            conn.close()
 
-    def _fork_worker(self, conn: socket.socket, listener: socket.socket) -> None:
+    def _fork(self, work, arg, idle: bool = True) -> None:
         pid = os.fork()
-        if pid == 0:  # the worker
+        if pid == 0:
             code = 1
             try:
-                listener.close()
-                signal.signal(signal.SIGTERM, signal.SIG_DFL)
-                signal.signal(signal.SIGINT, signal.SIG_DFL)
-                os.chdir("/")
-                self.handle(conn)
+                self._become_worker()
+                work(arg)
                 code = 0
             finally:
                 os._exit(code)
-        conn.close()
-        self.workers[pid] = time.monotonic()
-        self.served += 1
+        self.workers[pid] = idle
+        self.counters.set("workers", len(self.workers))
 
     def _reap(self, block: bool = False) -> None:
         while self.workers:
@@ -207,35 +186,64 @@ class Server:
                 pid, _ = os.waitpid(-1, 0 if block else os.WNOHANG)
             except ChildProcessError:
                 self.workers.clear()
-                return
+                break
             if pid == 0:
-                return
+                break
             self.workers.pop(pid, None)
             if block:
-                return
+                break
+        self.counters.set("workers", len(self.workers))
 
-    # -- the worker: one request ------------------------------------------------
+    # -- a worker ---------------------------------------------------------------
 
-    def handle(self, conn: socket.socket) -> None:
-        conn.settimeout(REQUEST_TIMEOUT_SECONDS)
+    def _become_worker(self) -> None:
+        signal.set_wakeup_fd(-1)
+        for signum in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, signal.SIG_DFL)
+        for fd in (self.taken_r, self.wake_r, self.wake_w):
+            os.close(fd)
+        if self.stop_w >= 0:
+            os.close(self.stop_w)  # the server must hold the only copy: its close is the stop signal
+        os.chdir("/")
+
+    def _wait_for_connection(self, listener: socket.socket) -> None:
+        """An idle worker: own its memory, then take one connection, unless the server stops first."""
+        poller = select.poll()
+        poller.register(listener.fileno(), select.POLLIN)
+        poller.register(self.stop_r, select.POLLIN)
+        if not poller.poll(0):  # in a burst, serve at once: copying pages up front only pays when idle
+            own_private_pages(self.madvise)
+        while True:
+            events = poller.poll()
+            if any(fd == self.stop_r for fd, _ in events):
+                return  # the server stops (or died): leave what is queued to it
+            try:
+                conn, _ = listener.accept()
+                break
+            except (BlockingIOError, InterruptedError):
+                continue  # another idle worker was quicker
+        os.write(self.taken_w, PID.pack(os.getpid()))
+        listener.close()
+        self._serve(conn)
+
+    def _serve(self, conn: socket.socket) -> None:
+        os.close(self.stop_r)
+        os.close(self.taken_w)
+        conn.setblocking(True)
+        serve_connection(conn, self.code_id, self.counters)
+
+
+def _read_all(fd: int) -> bytes:
+    chunks = []
+    while True:
         try:
-            pid, uid = _peer(conn)
-            if uid != os.geteuid():
-                return  # only the server's own user (root) may have requests run
-            plugin, code_id, environ, stdin = wire.read_request(conn)
-        except (OSError, wire.WireError, UnicodeDecodeError, struct.error):
-            return  # malformed or hostile: drop it; the server itself never sees it
-        if plugin == HEALTH_PLUGIN:
-            conn.sendall(wire.encode_response(0, f"ok served={self.served} workers={len(self.workers)}\n".encode()))
-            return
-        from .registry import PLUGIN_MODULES
-
-        if code_id != self.code_id or plugin not in PLUGIN_MODULES or (pid and _in_other_netns(pid)):
-            conn.sendall(wire.encode_response(wire.DECLINED, b""))
-            return
-        conn.settimeout(None)
-        stdout, code = run_request(plugin, environ, stdin, SameBuildRunner(self.code_id))
-        conn.sendall(wire.encode_response(code, stdout))
+            chunk = os.read(fd, 4096)
+        except (BlockingIOError, InterruptedError):
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 class _suppress_missing:
@@ -259,17 +267,24 @@ def health(socket_path: str, timeout: float = 3.0) -> Optional[str]:
     return out.decode().strip() if code == 0 and out.startswith(b"ok") else None
 
 
+def _env_int(name: str, default: int) -> int:
+    return int(os.environ.get(name) or default)
+
+
 def main(argv: Optional[list] = None) -> None:
     parser = argparse.ArgumentParser(prog="pycni-server", description="Warm node server for the pycni plugins.")
     parser.add_argument("action", nargs="?", choices=["serve", "health"], default="serve")
     parser.add_argument("--socket", default=os.environ.get(wire.SOCKET_ENV) or wire.DEFAULT_SOCKET)
-    parser.add_argument("--max-workers", type=int, default=int(os.environ.get("PYCNI_SERVER_MAX_WORKERS", "64")))
+    parser.add_argument("--max-workers", type=int, default=_env_int("PYCNI_SERVER_MAX_WORKERS", 64),
+                        help="requests served at once; more wait in the socket's backlog")
+    parser.add_argument("--idle-workers", type=int, default=_env_int("PYCNI_SERVER_IDLE_WORKERS", 2),
+                        help="workers forked ahead of requests (0: fork one per connection)")
     opts = parser.parse_args(argv)
     if opts.action == "health":
         ok = health(opts.socket)
         print(ok or f"pycni-server not answering on {opts.socket}")
         sys.exit(0 if ok else 1)
-    Server(opts.socket, opts.max_workers).serve_forever()
+    Server(opts.socket, opts.max_workers, opts.idle_workers).serve_forever()
 
 
 if __name__ == "__main__":

@@ -4,11 +4,14 @@ Standard library only and no package-relative imports: build.py copies this
 file into every zipapp as `_pycni_wire`, where it runs before anything is unpacked.
 
 Request:  MAGIC, then "!HII" lengths of (meta, env, stdin), then the three blobs.
-          meta = plugin name NUL code id; env = KEY=VALUE entries separated by NUL.
+          meta = plugin name NUL code id NUL the client's netns (inode of
+          /proc/self/ns/net, so a server that may not look into the client's
+          /proc still knows where it runs); env = KEY=VALUE entries separated by NUL.
 Response: "!iI" (exit code, stdout length), then stdout. Exit code DECLINED means the
-          server did not run the request (another build, or too busy) and the client
-          may run it itself.
+          server did not run the request (another build, another netns) and the
+          client may run it itself.
 """
+import posix
 import struct
 
 MAGIC = b"PYCNI1"
@@ -27,8 +30,16 @@ class WireError(Exception):
     """A malformed or oversized message."""
 
 
-def encode_request(plugin, code_id, environ, stdin):
-    meta = ("%s\0%s" % (plugin, code_id)).encode()
+def own_netns():
+    """This process's network namespace as requests name it ("" when /proc is not there)."""
+    try:
+        return str(posix.stat("/proc/self/ns/net").st_ino)
+    except OSError:
+        return ""
+
+
+def encode_request(plugin, code_id, environ, stdin, netns=None):
+    meta = ("%s\0%s\0%s" % (plugin, code_id, own_netns() if netns is None else netns)).encode()
     env = b"\0".join(("%s=%s" % (k, v)).encode("utf-8", "surrogateescape") for k, v in environ.items())
     return MAGIC + REQUEST_HEADER.pack(len(meta), len(env), len(stdin)) + meta + env + stdin
 
@@ -49,7 +60,10 @@ def recv_exactly(sock, size):
 
 
 def read_request(sock):
-    """(plugin, code id, environ dict, stdin bytes) from a connected socket; WireError when malformed."""
+    """(plugin, code id, environ dict, stdin bytes, netns) from a connected socket; WireError when malformed.
+
+    A meta without the netns (an older client) reads as netns "".
+    """
     head = recv_exactly(sock, len(MAGIC) + REQUEST_HEADER.size)
     if head[:len(MAGIC)] != MAGIC:
         raise WireError("bad magic")
@@ -57,15 +71,16 @@ def read_request(sock):
     if meta_len > MAX_META or env_len > MAX_ENV or stdin_len > MAX_STDIN:
         raise WireError("request too large")
     meta = recv_exactly(sock, meta_len).decode("utf-8", "strict").split("\0")
-    if len(meta) != 2 or not meta[0]:
+    if len(meta) not in (2, 3) or not meta[0]:
         raise WireError("bad request meta")
+    meta.append("")
     environ = {}
     for entry in recv_exactly(sock, env_len).split(b"\0") if env_len else []:
         key, sep, value = entry.decode("utf-8", "surrogateescape").partition("=")
         if not sep or not key:
             raise WireError("bad environment entry")
         environ[key] = value
-    return meta[0], meta[1], environ, recv_exactly(sock, stdin_len)
+    return meta[0], meta[1], environ, recv_exactly(sock, stdin_len), meta[2]
 
 
 def read_response(sock):

@@ -40,8 +40,11 @@ AGENT_ENV = {
     "NODE_NAME", "PYCNI_NODE_NAME", "PYCNI_CONFIGMAP", "PYCNI_AGENT_CONFIG_KEY", "PYCNI_AGENT_LISTEN",
     "PYCNI_AGENT_RESYNC_SECONDS", "PYCNI_LOG_LEVEL", "PYCNI_WATCH_TIMEOUT_SECONDS", "PYCNI_DEBOUNCE_SECONDS",
 }
-SERVER_ENV = {"PYCNI_SERVER_SOCKET", "PYCNI_SERVER_MAX_WORKERS"}
-SERVER_CAPS = ["NET_ADMIN", "SYS_ADMIN", "NET_RAW", "NET_BIND_SERVICE"]
+SERVER_ENV = {"PYCNI_SERVER_SOCKET", "PYCNI_SERVER_MAX_WORKERS", "PYCNI_SERVER_IDLE_WORKERS"}
+SERVER_CAPS = ["NET_ADMIN", "SYS_ADMIN", "NET_BIND_SERVICE"]
+# Unprivileged, the server writes sysctls through the host's /proc/sys/net mounted here: the one
+# host dir not at its own path inside (the runtime's /proc/sys is read-only).
+PROC_SYS_NET = "/host/proc/sys/net"
 AGENT_CAPS = ["NET_ADMIN", "NET_RAW"]
 # The most RBAC may grant: (apiGroup, resource) -> verbs (patch on nodes: only with the agent).
 ALLOWED_RULES = {
@@ -68,7 +71,9 @@ COMBOS: Dict[str, Dict[str, Any]] = {
     "server-off": {"server": {"enabled": False}},
     "agent-off": {"agent": {"enabled": False}},
     "server-and-agent-off": {"server": {"enabled": False}, "agent": {"enabled": False}},
-    "server-unprivileged": {"server": {"privileged": False, "maxWorkers": 8}, "seLinux": {"enabled": True}},
+    "server-unprivileged": {"server": {"privileged": False, "maxWorkers": 8, "idleWorkers": 0},
+                            "seLinux": {"enabled": True}},
+    "server-privileged": {"server": {"privileged": True, "idleWorkers": 5}},
     "vxlan": {"network": {"backend": "vxlan", "vxlan": {"vni": 42, "mtu": 1400, "port": 4789},
                           "clusterCIDRs": ["10.244.0.0/16", "fd00:10:244::/48"], "masquerade": False},
               "agent": {"healthPort": 19766}, "hostPaths": {"cniBinDir": "/home/kubernetes/bin"}},
@@ -250,10 +255,14 @@ def check_server(docs: List[Dict[str, Any]], values: Dict[str, Any]) -> None:
     ctr = containers_of(docs)["pycni-server"]
     server = values.get("server", {})
     assert ctr["command"] == ["pycni-server"] and "args" not in ctr
+    privileged = server.get("privileged", False)
     env = env_of(ctr)
-    assert set(env) == SERVER_ENV
+    assert set(env) == SERVER_ENV | (set() if privileged else {"PYCNI_PROC_SYS"})
     assert env["PYCNI_SERVER_SOCKET"] == "/run/pycni/server.sock"
     assert env["PYCNI_SERVER_MAX_WORKERS"] == str(server.get("maxWorkers", 64))
+    assert env["PYCNI_SERVER_IDLE_WORKERS"] == str(server.get("idleWorkers", 2))
+    if not privileged:
+        assert env["PYCNI_PROC_SYS"] + "/net" == PROC_SYS_NET
     probe = {"exec": {"command": ["pycni-server", "health"]}}
     assert probe.items() <= ctr["livenessProbe"].items() and probe.items() <= ctr["readinessProbe"].items()
     assert "ports" not in ctr
@@ -263,24 +272,32 @@ def check_server(docs: List[Dict[str, Any]], values: Dict[str, Any]) -> None:
     seen = {}
     for mount in ctr["volumeMounts"]:
         host = volumes[mount["name"]]["hostPath"]
-        # requests carry host paths: every host dir is at the same path inside
-        assert mount["mountPath"] == host["path"], mount
-        assert host["type"] == "DirectoryOrCreate"
+        if mount["mountPath"] == PROC_SYS_NET:  # the exception: must exist, never created
+            assert host == {"path": "/proc/sys/net", "type": "Directory"}
+        else:
+            # requests carry host paths: every other host dir is at the same path inside
+            assert mount["mountPath"] == host["path"], mount
+            assert host["type"] == "DirectoryOrCreate"
         seen[mount["mountPath"]] = (mount.get("readOnly", False), mount.get("mountPropagation"))
-    assert seen == {
+    wanted = {
         "/run/pycni": (False, None),
         "/run/netns": (True, "HostToContainer"),
         "/var/run/netns": (True, "HostToContainer"),
         "/var/lib/cni": (False, None),
         bin_dir: (True, None),
     }
+    if not privileged:
+        wanted[PROC_SYS_NET] = (False, None)
+    assert seen == wanted
 
     sc = ctr["securityContext"]
-    if server.get("privileged", True):
+    if privileged:
         assert sc["privileged"] is True and "capabilities" not in sc
         assert "allowPrivilegeEscalation" not in sc  # the API rejects false with privileged
     else:
-        assert sc["privileged"] is False and sc["capabilities"]["add"] == SERVER_CAPS
+        assert sc["privileged"] is False and sc["allowPrivilegeEscalation"] is False
+        assert sc["capabilities"] == {"drop": ["ALL"], "add": SERVER_CAPS}
+        assert sc["seccompProfile"] == {"type": "RuntimeDefault"}
     assert pod["terminationGracePeriodSeconds"] >= 30
 
 
@@ -476,6 +493,7 @@ def test_network_schema_agrees_with_the_agent(case: Dict[str, Any], accepted: bo
     ["--set", "image.pullPolicy=Sometimes"],
     ["--set", "server.enabled=maybe"],
     ["--set", "server.maxWorkers=0"],
+    ["--set", "server.idleWorkers=-1"],
     ["--set", "agent.healthPort=0"],
     ["--set", "agent.nosuchkey=1"],
 ])

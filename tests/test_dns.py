@@ -343,3 +343,17 @@ def test_address_in_use_fails_add_cleanly(make_network, state_dir):
 
 def test_subnet_helper_sanity():
     assert free_subnet().prefixlen == 24
+
+
+def test_server_starts_from_a_zipapp_run_without_a_usable_cache(make_network, tmp_path, monkeypatch):
+    """Untrusted cache dir: the plugin imports from its archive pinned on /proc/self/fd/9, a path
+    that means nothing in the server process it starts; the server must get the archive's own path."""
+    cache = tmp_path / "shared-cache"
+    cache.mkdir()
+    cache.chmod(0o777)  # writable by anyone: never used
+    monkeypatch.setenv("PYCNI_CACHE_DIR", str(cache))
+    monkeypatch.setenv("PYCNI_SERVER_SOCKET", "off")  # in-process, where the archive path is used
+    net = make_network()
+    a, b = net.attach("alpha"), net.attach("bravo")
+    assert dig(a.netns, net.gateway, "bravo")[:2] == ("NOERROR", [b.ip])
+    assert list(cache.iterdir()) == []

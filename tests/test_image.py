@@ -300,6 +300,7 @@ def test_image_daemon_serves_probes_and_keeps_files_on_stop(
 # ---- pycni-server: the chart's node server container, answering the zipapps on the host ----
 
 RUN_DIR = "/run/pycni"  # the socket dir inside (PYCNI_SERVER_SOCKET in the chart)
+PROC_SYS_NET = "/host/proc/sys/net"  # the host's /proc/sys/net inside, writable (PYCNI_PROC_SYS)
 
 
 def helm_render(*args: str) -> str:
@@ -314,7 +315,8 @@ def server_flags(pod: Dict[str, Any], stand_ins: Dict[str, Path]) -> List[str]:
     """podman run flags for the chart's pycni-server container: host namespaces, security,
     env and every hostPath mount. `stand_ins` replaces a node path by a temp dir, mounted at the
     temp dir's own path (requests name host paths), except the socket dir, which stays at
-    /run/pycni inside (the host's own /run/pycni is left alone)."""
+    /run/pycni inside (the host's own /run/pycni is left alone). The host's /proc/sys/net is
+    mounted where the chart puts it (it is no directory a request names)."""
     ctr = container(pod, "pycni-server")
     flags = ["--network", "host"] if pod["hostNetwork"] else []
     if pod.get("hostPID"):
@@ -324,10 +326,14 @@ def server_flags(pod: Dict[str, Any], stand_ins: Dict[str, Path]) -> List[str]:
     volumes = {v["name"]: v for v in pod["volumes"]}
     for mount in ctr["volumeMounts"]:
         host = volumes[mount["name"]]["hostPath"]["path"]
-        assert mount["mountPath"] == host, "the server sees host paths at the same paths"
         source = stand_ins.get(host, Path(host))
-        target = RUN_DIR if host == RUN_DIR else str(source)
-        source.mkdir(parents=True, exist_ok=True)  # hostPath type DirectoryOrCreate
+        if mount["mountPath"] == PROC_SYS_NET:
+            assert host == "/proc/sys/net"
+            target = PROC_SYS_NET
+        else:
+            assert mount["mountPath"] == host, "the server sees host paths at the same paths"
+            target = RUN_DIR if host == RUN_DIR else str(source)
+            source.mkdir(parents=True, exist_ok=True)  # hostPath type DirectoryOrCreate
         options = ["ro"] if mount.get("readOnly") else []
         options += {"HostToContainer": ["rslave"], "Bidirectional": ["rshared"]}.get(
             mount.get("mountPropagation", ""), [])
@@ -419,7 +425,7 @@ def test_image_server_answers_host_zipapps(image: str, bin_dir: Path, make_netns
     assert rc == 0, (result, err)
     assert [ip["address"] for ip in result["ips"]] == ["10.231.7.2/24"]
     assert (srv.state_dir / "networks" / net / "10.231.7.2").is_file()
-    assert served(srv.sock) == before + 2  # the ADD and the first health call
+    assert served(srv.sock) > before  # (whether health calls count is the server's business)
     assert [e["event"] for e in events(srv.run_dir / log_name) if e["container"] == "ctr-a"] == ["reserved", "added"]
     assert not (Path(RUN_DIR) / log_name).exists()
 
@@ -451,29 +457,70 @@ def test_image_server_answers_host_zipapps(image: str, bin_dir: Path, make_netns
     assert [ip["address"] for ip in result["ips"]] == ["10.231.7.3/24"]
 
 
-def test_image_server_unprivileged_cannot_write_sysctls(image: str, bin_dir: Path, make_netns,
-                                                        host_links: List[str], tmp_path: Path,
-                                                        container_name: str) -> None:
-    """Why the chart runs pycni-server privileged: with `server.privileged=false` (its
-    capabilities only) IPAM works, but a bridge ADD fails, as /proc/sys is read-only in every
-    unprivileged container."""
-    pod = chart_pod(helm_render("--set", "server.privileged=false"))
-    sc = container(pod, "pycni-server")["securityContext"]
-    assert sc["privileged"] is False and "SYS_ADMIN" in sc["capabilities"]["add"]
-    srv = ServerContainer(image, pod, tmp_path, bin_dir, container_name)
-    netns = f"/run/netns/{make_netns('imu')}"
-    conf = hostlocal_conf(unique("imu"), srv.state_dir, "10.231.9.0/24")
-    before = served(srv.sock)
-    result, rc, err = srv.call(bin_dir / "pycni-host-local", "ADD", conf, "ctr-u", netns)
-    assert rc == 0 and served(srv.sock) == before + 2, (result, err)
+def without_proc_sys_mount(pod: Dict[str, Any]) -> Dict[str, Any]:
+    """The pod with pycni-server as unprivileged but without the host's /proc/sys/net mount (and
+    its PYCNI_PROC_SYS): sysctls then go to the runtime's read-only /proc/sys."""
+    pod = json.loads(json.dumps(pod))
+    ctr = container(pod, "pycni-server")
+    ctr["volumeMounts"] = [m for m in ctr["volumeMounts"] if m["mountPath"] != PROC_SYS_NET]
+    ctr["env"] = [e for e in ctr["env"] if e["name"] != "PYCNI_PROC_SYS"]
+    return pod
 
-    bridge = unique("iu")
+
+def sysctl(ns: str, path: str) -> str:
+    """A /proc/sys/net value in netns `ns` ("" for the host's)."""
+    if not ns:
+        return Path("/proc/sys", path).read_text().strip()
+    return in_netns(ns, "cat", f"/proc/sys/{path}").stdout.decode().strip()
+
+
+@pytest.mark.parametrize("proc_sys_mount", [True, False], ids=["chart", "no-proc-sys-mount"])
+def test_image_server_unprivileged_writes_sysctls(proc_sys_mount: bool, image: str, bin_dir: Path, make_netns,
+                                                  host_links: List[str], tmp_path: Path,
+                                                  container_name: str) -> None:
+    """The chart's default (unprivileged) pycni-server writes the bridge's sysctls through the
+    host's /proc/sys/net mounted at /host/proc/sys/net, each in its netns: the pod's (after
+    setns) and the host's; pycni-dns binds port 53 with its capabilities. Without that mount the
+    sysctls hit the runtime's read-only /proc/sys and the bridge ADD fails with EROFS."""
+    pod = chart_pod((ROOT / "charts" / "pycni.yaml").read_text())
+    sc = container(pod, "pycni-server")["securityContext"]
+    assert sc["privileged"] is False and sc["capabilities"]["drop"] == ["ALL"]
+    if not proc_sys_mount:
+        pod = without_proc_sys_mount(pod)
+    srv = ServerContainer(image, pod, tmp_path, bin_dir, container_name)
+    ns = make_netns("ims")
+    netns = f"/run/netns/{ns}"
+    bridge = unique("is")
     host_links.append(bridge)
-    bconf = hostlocal_conf(unique("imv"), srv.state_dir, "10.231.10.0/24", plugin="pycni-bridge",
+    subnet = "10.231.9.0/24" if proc_sys_mount else "10.231.10.0/24"
+    bconf = hostlocal_conf(unique("ims"), srv.state_dir, subnet, plugin="pycni-bridge",
                            bridge=bridge, isGateway=True)
-    result, rc, err = srv.call(bin_dir / "pycni-bridge", "ADD", bconf, "ctr-v", netns)
-    assert rc != 0 and "Read-only file system" in result["msg"] and "/proc/sys/" in result["msg"], result
-    srv.call(bin_dir / "pycni-bridge", "DEL", bconf, "ctr-v", netns)
+    # a log path only the container resolves into run_dir: its events show the ADD ran there
+    log_name = unique("ev") + ".log"
+    try:
+        result, rc, err = srv.call(bin_dir / "pycni-bridge", "ADD", bconf, "ctr-s", netns,
+                                   PYCNI_LOG_FILE=f"{RUN_DIR}/{log_name}")
+        assert events(srv.run_dir / log_name), ("the ADD did not run in the server", result, err)
+        if not proc_sys_mount:
+            assert rc != 0 and "Read-only file system" in result["msg"] and "/proc/sys/" in result["msg"], result
+            return
+        assert rc == 0, (result, err, srv.logs())
+        # the pod's netns (defaults 0 and 1 there), the host's (a new link's default is 1)
+        assert (sysctl(ns, "net/ipv4/conf/eth0/arp_notify"), sysctl(ns, "net/ipv6/conf/eth0/accept_dad")) == ("1", "0")
+        assert sysctl("", f"net/ipv6/conf/{bridge}/accept_ra") == "0"
+
+        # pycni-dns from inside the server: its DNS server listens on the gateway, port 53.
+        gateway = result["ips"][0]["gateway"]
+        dconf = {"cniVersion": "1.0.0", "name": bconf["name"], "type": "pycni-dns", "prevResult": result}
+        dns_result, rc, err = srv.call(bin_dir / "pycni-dns", "ADD", dconf, "ctr-s", netns,
+                                       CNI_ARGS="K8S_POD_NAME=web")
+        assert rc == 0, (dns_result, err, srv.logs())
+        answer = in_netns(ns, "dig", "+time=2", "+tries=2", "+short", f"@{gateway}", "web.dns.pycni")
+        assert answer.stdout.decode().split() == [result["ips"][0]["address"].split("/")[0]]
+        result, rc, err = srv.call(bin_dir / "pycni-dns", "DEL", dconf, "ctr-s", netns)
+        assert rc == 0, (result, err)
+    finally:
+        srv.call(bin_dir / "pycni-bridge", "DEL", bconf, "ctr-s", netns)
 
 
 # ---- pycni-agent: the chart's node agent container, in a "node" netns with an in-test API ----

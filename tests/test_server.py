@@ -5,6 +5,7 @@ import json
 import os
 import socket
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -15,7 +16,8 @@ from conftest import start_node_server
 from helpers import exec_plugin, link_exists, plugin_env, sh, unique
 from pycni.plugins import wire
 from pycni.plugins.buildinfo import own_code_id
-from pycni.plugins.server import SameBuildRunner, health
+from pycni.plugins.server import health
+from pycni.plugins.server_request import SameBuildRunner
 
 REQUESTS = [  # (command, stdin) pairs whose answers do not depend on the machine
     ("ADD", b""), ("ADD", b"nope"), ("ADD", b'{"cniVersion":"0.4.0","name":"n"}'),
@@ -40,7 +42,7 @@ def restamped(src: Path, dst: Path, code_id: str) -> Path:
     import zipfile
 
     data = src.read_bytes()
-    prelude = data[:data.index(b"PK\x03\x04")]
+    prelude = data[:data.index(b"PK\x03\x04")].replace(own_code_id().encode(), code_id.encode())
     with zipfile.ZipFile(src) as old, zipfile.ZipFile(dst.with_suffix(".zip"), "w") as new:
         for info in old.infolist():
             body = old.read(info)
@@ -71,7 +73,7 @@ def test_answers_are_those_of_an_exec(bin_dir: Path, server, command: str, stdin
         via_server = call(bin_dir, plugin, command, stdin, str(path))
         standalone = call(bin_dir, plugin, command, stdin, "off")
         assert via_server[:2] == standalone[:2]
-    assert served(path) - before == 2 + 1  # both requests went through the server (+1: the first health check)
+    assert served(path) - before == 2  # both requests went through the server
 
 
 def test_socket_dir_and_socket_are_root_only(server) -> None:
@@ -105,6 +107,19 @@ def test_clients_in_another_netns_run_in_process(bin_dir: Path, server, make_net
         assert link_exists(bridge, node) and not link_exists(bridge)
     finally:
         sh("ip", "link", "del", bridge, check=False)
+
+
+def test_requests_naming_another_or_no_netns_are_declined(server) -> None:
+    """The client names its netns itself: an unprivileged server may not read other processes' /proc."""
+    path, _ = server
+    env = {"CNI_COMMAND": "VERSION", "PATH": os.environ["PATH"]}
+    answers = {}
+    for netns in (None, "1", ""):  # None: this process's own netns
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.connect(str(path))
+            sock.sendall(wire.encode_request("pycni-host-local", own_code_id(), env, b"", netns=netns))
+            answers[netns] = wire.read_response(sock)[0]
+    assert answers == {None: 0, "1": wire.DECLINED, "": wire.DECLINED}
 
 
 def test_no_listener_behind_the_socket_path_means_in_process(bin_dir: Path, tmp_path: Path) -> None:
@@ -204,3 +219,12 @@ def test_restart_takes_over_the_socket_path(server) -> None:
     finally:
         second.terminate()
         second.wait(timeout=30)
+
+
+def test_a_sysctl_root_without_sysctls_stops_the_server_at_start(tmp_path: Path) -> None:
+    """A forgotten /proc/sys/net mount must not leave pods quietly without their sysctls."""
+    env = dict(os.environ, PYCNI_PROC_SYS=str(tmp_path / "empty"))
+    proc = subprocess.run([sys.executable, "-m", "pycni.plugins.server", "--socket", str(tmp_path / "s.sock")],
+                          env=env, stderr=subprocess.PIPE, timeout=60)
+    assert proc.returncode != 0 and b"no net sysctls under" in proc.stderr
+    assert not (tmp_path / "s.sock").exists()

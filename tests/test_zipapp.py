@@ -5,14 +5,20 @@ import glob
 import os
 import json
 import shutil
+import socket
 import subprocess
 import sys
+import tempfile
+import threading
+import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Dict, Iterator, List, Tuple
 
 import pytest
 
 from helpers import ROOT, RUNTIME_PATH
+from pycni.plugins import wire
 from pycni.plugins.versions import SUPPORTED_VERSIONS
 
 PLUGINS = ["pycni-bridge", "pycni-macvlan", "pycni-host-local", "pycni-dns"]
@@ -99,6 +105,8 @@ def test_a_new_build_gets_its_own_cache_and_reproducible_builds_are_identical(tm
         subprocess.run([sys.executable, str(ROOT / "zipapp" / "build.py"), "--out", str(out), "pycni-host-local"],
                        check=True, stdout=subprocess.DEVNULL)
     assert (out1 / "pycni-host-local").read_bytes() == (out2 / "pycni-host-local").read_bytes()
+    with zipfile.ZipFile(out1 / "pycni-host-local") as zf:  # the comparison covered the launcher's bytecode
+        assert f"{cache_tag(sys.executable)}/_pycni_client.pyc" in zf.namelist()
     # A changed payload (another build) must not reuse the old build's cache.
     src = tmp_path / "src"
     shutil.copytree(ROOT / "plugins", src / "plugins")
@@ -191,3 +199,155 @@ def test_old_builds_are_pruned_after_a_week_new_ones_kept(bin_dir: Path, tmp_pat
     left = {p.name for p in cache.iterdir()}
     assert week_old.name not in left and {recent.name, other_plugin.name, other_python.name} <= left
     assert len(left) == 4  # the three kept plus the new build
+
+
+# -- the thin client: hands the request to a node server and compiles nothing ---------------------
+
+THIN_MODULES = ("_pycni_launch", "_pycni_client", "_pycni_wire")  # what every exec imports from the archive
+SERVER_ANSWER = b'{"cniVersion": "1.1.0", "interfaces": [], "ips": [], "from": "fake server"}\n'
+
+
+def cache_tag(python: str) -> str:
+    return subprocess.run([python, "-c", "import sys; print(sys.implementation.cache_tag)"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+
+
+@pytest.fixture
+def fake_server() -> Iterator[Tuple[str, Dict]]:
+    """A node server stand-in: answers every request at once with state["answer"] = (exit code, stdout)."""
+    directory = tempfile.mkdtemp(prefix="pycni-fake-", dir="/tmp")  # short: unix socket paths are limited
+    path = os.path.join(directory, "server.sock")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(16)
+    state: Dict = {"answer": (0, SERVER_ANSWER), "requests": 0}
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            with conn:
+                try:
+                    wire.read_request(conn)
+                    state["requests"] += 1
+                    conn.sendall(wire.encode_response(*state["answer"]))
+                except (OSError, wire.WireError):
+                    pass
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield path, state
+    finally:
+        listener.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept()
+        listener.close()
+        thread.join(timeout=10)
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def thin_call(binary: Path, python: str, tmp_path: Path, socket_path: str, cache: Path,
+              stdin: bytes = b"{}") -> Tuple[subprocess.CompletedProcess, Dict[str, List[str]]]:
+    """ADD through the zipapp's own prelude, with `python3` on PATH being `python -vv`.
+
+    Returns the process and, per launcher module, the archive files zipimport tried
+    for it in order: it stops at the first it could load.
+    """
+    wrapper_dir = tmp_path / "python-vv"
+    wrapper_dir.mkdir(exist_ok=True)
+    wrapper = wrapper_dir / "python3"
+    wrapper.write_text(f'#!/bin/sh\nexec {python} -vv "$@"\n')
+    wrapper.chmod(0o755)
+    env = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "c1", "CNI_NETNS": "/var/run/netns/none",
+           "CNI_IFNAME": "eth0", "PATH": f"{wrapper_dir}:{RUNTIME_PATH}", "PYCNI_CACHE_DIR": str(cache),
+           "PYCNI_SERVER_SOCKET": socket_path}
+    proc = subprocess.run([str(binary)], env=env, input=stdin, cwd="/", stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, timeout=60)
+    tried: Dict[str, List[str]] = {m: [] for m in THIN_MODULES}
+    for line in proc.stderr.decode(errors="replace").splitlines():
+        if line.startswith("# trying /proc/self/fd/9/"):
+            name = line.split()[-1]
+            module = name.rsplit("/", 1)[-1].rsplit(".", 1)[0]
+            if module in tried:
+                tried[module].append(name[len("/proc/self/fd/9/"):])
+    return proc, tried
+
+
+def warm_cache(binary: Path, cache: Path) -> None:
+    assert version_call("/usr/bin/python3", binary, cache).returncode == 0
+    assert [p for p in cache.iterdir() if not p.name.startswith(".")], "VERSION unpacked the payload"
+
+
+@pytest.mark.parametrize("cached", [False, True], ids=["no-cache-dir", "warm-cache-dir"])
+@pytest.mark.parametrize("python", ["/usr/bin/python3", "3.9", "3.13"])
+def test_thin_client_runs_the_archives_bytecode_and_compiles_nothing(
+        bin_dir: Path, tmp_path: Path, fake_server, python: str, cached: bool) -> None:
+    python = python if python.startswith("/") else pyenv_python(python)
+    tag = cache_tag(python)
+    socket_path, state = fake_server
+    cache = tmp_path / "cache"
+    if cached:
+        warm_cache(bin_dir / "pycni-bridge", cache)
+    proc, tried = thin_call(bin_dir / "pycni-bridge", python, tmp_path, socket_path, cache)
+    assert (proc.returncode, proc.stdout) == (0, SERVER_ANSWER), proc.stderr[-2000:]
+    assert state["requests"] == 1
+    for module, names in tried.items():
+        # A missing pyc would show as tries at the archive's root, a rejected one as a try of the .py.
+        assert names and set(names) == {f"{tag}/{module}.pyc"}, (module, names)
+    if not cached:
+        assert not cache.exists(), "the thin path unpacks nothing"
+
+
+def test_interpreter_without_bytecode_runs_from_source_via_server_and_in_process(
+        tmp_path: Path, fake_server) -> None:
+    """A build that made bytecode only for /usr/bin/python3, run by another minor version."""
+    python = pyenv_python("3.12")
+    out = tmp_path / "bin"
+    subprocess.run([sys.executable, str(ROOT / "zipapp" / "build.py"), "--out", str(out),
+                    "--python", "/usr/bin/python3", "pycni-host-local"], check=True, stdout=subprocess.DEVNULL)
+    binary = out / "pycni-host-local"
+    with zipfile.ZipFile(binary) as zf:
+        folders = {n.split("/")[0] for n in zf.namelist() if n.endswith(".pyc")}
+    assert folders == {cache_tag("/usr/bin/python3")} and cache_tag(python) not in folders
+    socket_path, state = fake_server
+    cache = tmp_path / "cache"
+    # Through the server: the launcher modules come from the sources at the archive's root.
+    proc, tried = thin_call(binary, python, tmp_path, socket_path, cache)
+    assert (proc.returncode, proc.stdout) == (0, SERVER_ANSWER), proc.stderr[-2000:]
+    for module, names in tried.items():
+        assert names and names[-1] == f"{module}.py", (module, names)
+    # The server declines: the plugin runs in-process (a list is no network config: code 6).
+    state["answer"] = (wire.DECLINED, b"")
+    proc, _ = thin_call(binary, python, tmp_path, socket_path, cache, stdin=b"[]")
+    assert proc.returncode == 1 and json.loads(proc.stdout)["code"] == 6, proc.stderr[-2000:]
+    assert state["requests"] == 2
+    # No server at all: in-process too, now from the cache the previous run unpacked.
+    proc, _ = thin_call(binary, python, tmp_path, str(tmp_path / "no.sock"), cache, stdin=b"[]")
+    assert proc.returncode == 1 and json.loads(proc.stdout)["code"] == 6, proc.stderr[-2000:]
+    entries = [p.name for p in cache.iterdir()]
+    assert len(entries) == 1 and entries[0].endswith("-" + cache_tag(python)), entries
+
+
+def test_bytecode_the_interpreter_rejects_falls_back_to_the_source_beside_it(
+        bin_dir: Path, tmp_path: Path, fake_server) -> None:
+    """Same cache tag, other magic number (a pre-release): zipimport must not fail the import."""
+    tag = cache_tag("/usr/bin/python3")
+    src = bin_dir / "pycni-bridge"
+    data = src.read_bytes()
+    prelude = data[:data.index(b"PK\x03\x04")]
+    rebuilt = tmp_path / "rebuilt.zip"
+    with zipfile.ZipFile(src) as old, zipfile.ZipFile(rebuilt, "w") as new:
+        for info in old.infolist():
+            body = old.read(info)
+            if info.filename.startswith(f"{tag}/") and info.filename.endswith(".pyc"):
+                body = b"\x00\x00\r\n" + body[4:]  # a magic number no interpreter has
+            new.writestr(info, body)
+    binary = tmp_path / "pycni-bridge"
+    binary.write_bytes(prelude + rebuilt.read_bytes())
+    binary.chmod(0o755)
+    socket_path, _ = fake_server
+    proc, tried = thin_call(binary, "/usr/bin/python3", tmp_path, socket_path, tmp_path / "cache")
+    assert (proc.returncode, proc.stdout) == (0, SERVER_ANSWER), proc.stderr[-2000:]
+    for module, names in tried.items():
+        assert names[-1] == f"{tag}/{module}.py", (module, names)

@@ -1,11 +1,29 @@
 """Thin client: hand the request to the pycni node server when one answers.
 
-Standard library only; runs from the zip before anything is unpacked.
+Standard library only; runs from the zip before anything is unpacked. It uses
+the `posix` and `_socket` C modules rather than `os` and `socket`: with
+`python3 -S`, `os` alone imports stat, posixpath and _collections_abc (1-2 ms)
+and `socket` adds enum and selectors (~5 ms), on every exec of every plugin.
 """
-import os
+import posix
 import sys
 
-from _pycni_wire import DECLINED, DEFAULT_SOCKET, SOCKET_ENV, WireError, encode_request, read_response
+import _struct
+
+# The wire module's `import struct` would read struct.py from disk (~0.3 ms) only to re-export
+# _struct: lend it _struct for that one import.
+_LENT = sys.modules.setdefault("struct", _struct) is _struct
+try:
+    from _pycni_wire import DECLINED, DEFAULT_SOCKET, SOCKET_ENV, WireError, encode_request, read_response
+finally:
+    if _LENT:
+        del sys.modules["struct"]
+
+
+def _environ():
+    """os.environ's str view of the process environment (os.fsdecode of posix.environ)."""
+    encoding, errors = sys.getfilesystemencoding(), sys.getfilesystemencodeerrors()
+    return {k.decode(encoding, errors): v.decode(encoding, errors) for k, v in posix.environ.items()}
 
 
 def _read_stdin():
@@ -25,13 +43,18 @@ def _try_again_later(stdin):
              "msg": "lost the connection to the pycni node server after sending the request; try again later"}
     sys.stdout.write(json.dumps(error) + "\n")
     sys.stdout.flush()
-    os._exit(1)
+    posix._exit(1)
 
 
 def handle_via_server(plugin, code_id):
     """Exit with the server's answer; or return the stdin bytes (None: not read yet) to run in-process."""
-    path = os.environ.get(SOCKET_ENV, DEFAULT_SOCKET)
-    if not path or path == "off" or not os.path.exists(path):
+    environ = _environ()
+    path = environ.get(SOCKET_ENV, DEFAULT_SOCKET)
+    if not path or path == "off":
+        return None
+    try:
+        posix.stat(path)
+    except (OSError, ValueError):
         return None  # no server here: skip even importing socket
     try:
         import _socket as socket  # the C module: `socket` would add enum and selectors (~5 ms)
@@ -46,7 +69,7 @@ def handle_via_server(plugin, code_id):
         return None  # no server: run in-process, as a plugin dropped on a node by hand does
     stdin = _read_stdin()
     try:
-        sock.sendall(encode_request(plugin, code_id, os.environ, stdin))
+        sock.sendall(encode_request(plugin, code_id, environ, stdin))
         sock.shutdown(socket.SHUT_WR)
     except OSError:
         return stdin  # the server cannot have run a request it did not fully receive
@@ -59,4 +82,4 @@ def handle_via_server(plugin, code_id):
     out = sys.stdout.buffer
     out.write(stdout)
     out.flush()
-    os._exit(code)
+    posix._exit(code)

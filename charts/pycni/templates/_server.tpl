@@ -1,7 +1,8 @@
 {{/*
 The pycni-server container: the node server the zipapps hand CNI requests to over
 /run/pycni/server.sock. Every path a request names is a host path, so each host directory
-is mounted at the same path inside (volumes: "pycni.serverVolumes").
+is mounted at the same path inside (volumes: "pycni.serverVolumes"); the one exception, when
+unprivileged, is the host's /proc/sys/net at /host/proc/sys/net (PYCNI_PROC_SYS).
 */}}
 {{- define "pycni.serverContainer" -}}
 - name: pycni-server
@@ -13,6 +14,13 @@ is mounted at the same path inside (volumes: "pycni.serverVolumes").
       value: /run/pycni/server.sock
     - name: PYCNI_SERVER_MAX_WORKERS
       value: {{ .Values.server.maxWorkers | quote }}
+    - name: PYCNI_SERVER_IDLE_WORKERS
+      value: {{ .Values.server.idleWorkers | quote }}
+    {{- if not .Values.server.privileged }}
+    # The sysctls the bridge and macvlan write go through the writable mount below.
+    - name: PYCNI_PROC_SYS
+      value: /host/proc/sys
+    {{- end }}
   # The probe asks the server itself over its socket (a request like any other).
   livenessProbe:
     exec:
@@ -35,16 +43,19 @@ is mounted at the same path inside (volumes: "pycni.serverVolumes").
     runAsNonRoot: false
     readOnlyRootFilesystem: true
     {{- if .Values.server.privileged }}
-    # A writable /proc/sys for the bridge's and macvlan's sysctls (see values.yaml).
     privileged: true
     {{- else }}
     privileged: false
     allowPrivilegeEscalation: false
     capabilities:
       drop: [ALL]
-      # links, addresses, routes, nftables; setns into pod namespaces; DHCP/ARP sockets;
-      # the per-network DNS servers on port 53
-      add: [NET_ADMIN, SYS_ADMIN, NET_RAW, NET_BIND_SERVICE]
+      add:
+        # links, addresses, routes, nftables (the sysctl writes need only uid 0)
+        - NET_ADMIN
+        # setns() into the pods' network namespaces
+        - SYS_ADMIN
+        # pycni-dns's per-network DNS servers listen on port 53
+        - NET_BIND_SERVICE
     seccompProfile:
       type: RuntimeDefault
     {{- if .Values.seLinux.enabled }}
@@ -72,6 +83,12 @@ is mounted at the same path inside (volumes: "pycni.serverVolumes").
     - name: cni-bin
       mountPath: {{ .Values.hostPaths.cniBinDir }}
       readOnly: true
+    {{- if not .Values.server.privileged }}
+    # The runtime mounts /proc/sys read-only; the host's /proc/sys/net is writable here. Its
+    # entries follow the writer's current netns (the host's, or a pod's after setns).
+    - name: proc-sys-net
+      mountPath: /host/proc/sys/net
+    {{- end }}
 {{- end -}}
 
 {{- define "pycni.serverVolumes" -}}
@@ -91,4 +108,10 @@ is mounted at the same path inside (volumes: "pycni.serverVolumes").
   hostPath:
     path: /var/lib/cni
     type: DirectoryOrCreate
+{{- if not .Values.server.privileged }}
+- name: proc-sys-net
+  hostPath:
+    path: /proc/sys/net
+    type: Directory
+{{- end }}
 {{- end -}}
