@@ -9,14 +9,20 @@ if TYPE_CHECKING:
     from typing import Optional
 
 
-def main(plugin_name: str, stdin: Optional[bytes] = None) -> None:
-    """Run one request; `stdin` is given when the launcher already read it (see _pycni_client)."""
+def main(plugin_name: str, stdin: Optional[bytes] = None, code_id: str = "") -> None:
+    """Run one request; `stdin` is given when the launcher already read it (see _pycni_client).
+
+    `code_id`: this zipapp's build stamp. An IPAM delegate stamped with the same one then
+    runs in this process instead of a second interpreter (samebuild.py).
+    """
     from .dispatch import run
     from .registry import load
+    from .samebuild import SameBuildRunner
 
     if stdin is None:
         stdin = b"" if sys.stdin is None or sys.stdin.isatty() else sys.stdin.buffer.read()
-    out, code = run(lambda: load(plugin_name), os.environ, stdin)
+    runner = SameBuildRunner(code_id) if code_id else None
+    out, code = run(lambda: load(plugin_name), os.environ, stdin, runner)
     sys.stdout.buffer.write(out)
     sys.stdout.flush()
     sys.exit(code)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -17,7 +18,7 @@ from helpers import exec_plugin, link_exists, plugin_env, sh, unique
 from pycni.plugins import wire
 from pycni.plugins.buildinfo import own_code_id
 from pycni.plugins.server import health
-from pycni.plugins.server_request import SameBuildRunner
+from pycni.plugins.samebuild import SameBuildRunner
 
 REQUESTS = [  # (command, stdin) pairs whose answers do not depend on the machine
     ("ADD", b""), ("ADD", b"nope"), ("ADD", b'{"cniVersion":"0.4.0","name":"n"}'),
@@ -228,3 +229,32 @@ def test_a_sysctl_root_without_sysctls_stops_the_server_at_start(tmp_path: Path)
                           env=env, stderr=subprocess.PIPE, timeout=60)
     assert proc.returncode != 0 and b"no net sysctls under" in proc.stderr
     assert not (tmp_path / "s.sock").exists()
+
+
+@pytest.mark.parametrize("same_build", [True, False], ids=["same-build", "other-build"])
+def test_standalone_plugin_runs_a_same_build_ipam_in_process(bin_dir: Path, tmp_path: Path, make_netns,
+                                                              same_build: bool) -> None:
+    """Without a server too: an IPAM zipapp stamped with our code id runs in the plugin's own
+    process (one interpreter start saved); any other is exec'd."""
+    cni_bin = tmp_path / "bin"
+    cni_bin.mkdir()
+    shutil.copy(bin_dir / "pycni-bridge", cni_bin)
+    if same_build:
+        shutil.copy(bin_dir / "pycni-host-local", cni_bin)
+    else:
+        restamped(bin_dir / "pycni-host-local", cni_bin / "pycni-host-local", "z" * 20)
+    netns, bridge, log = make_netns("sb"), unique("sbb"), tmp_path / "events"
+    conf = {"cniVersion": "1.0.0", "name": "sbnet", "type": "pycni-bridge", "bridge": bridge,
+            "ipam": {"type": "pycni-host-local", "subnet": "10.229.0.0/24", "dataDir": str(tmp_path / "ipam")}}
+    try:
+        for command in ("ADD", "DEL"):
+            env = plugin_env(command, f"/var/run/netns/{netns}", "c1", cni_path=str(cni_bin),
+                             extra={"PYCNI_SERVER_SOCKET": "off", "PYCNI_LOG_FILE": str(log)})
+            out, rc, err = exec_plugin(cni_bin / "pycni-bridge", env, conf)
+            assert rc == 0, (out, err)
+        records = [json.loads(line) for line in log.read_text().splitlines()]
+        assert {r["event"] for r in records} >= {"reserved", "released", "done"}, records
+        # in-process: one process per call (ADD, DEL) logs for both plugins; exec'd: two per call
+        assert len({r["pid"] for r in records}) == (2 if same_build else 4), records
+    finally:
+        sh("ip", "link", "del", bridge, check=False)

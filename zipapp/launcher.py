@@ -81,7 +81,7 @@ def _main():
         p for p in sys.path if p not in (archive, payload) and not p.startswith(inside)]
     from pycni.plugins.entry import main
 
-    main(plugin, stdin)
+    main(plugin, stdin, code_id)
 
 
 _main()
