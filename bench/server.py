@@ -3,8 +3,11 @@ against the Go reference plugins, all driven libcni-style (ChainRunner) in one r
 
     python3 bench/server.py [--runs 15] [--cycles 10000] [--concurrent 50]
 
-Also: the thin client's peak RSS, the server's RSS at rest and after --cycles
-ADD+DEL requests, and --concurrent simultaneous ADDs through the server.
+Rows take turns run by run (drift hits them alike): the reference, pycni standalone,
+pycni through a server with its default pool of idle workers, and through one that forks
+a worker per connection (--idle-workers 0). Both servers run on /usr/bin/python3, as the
+image runs them. Also: the thin client's peak RSS, the server's and its idle workers'
+memory at rest and after --cycles ADD+DEL requests, and --concurrent simultaneous ADDs.
 """
 from __future__ import annotations
 
@@ -59,7 +62,7 @@ def server_memory(server: subprocess.Popen) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=15)
-    parser.add_argument("--cycles", type=int, default=1000, help="ADD+DEL requests for the memory check")
+    parser.add_argument("--cycles", type=int, default=10000, help="ADD+DEL requests for the memory check")
     parser.add_argument("--concurrent", type=int, default=50)
     opts = parser.parse_args()
     require_built("pycni-bridge", "pycni-host-local")
