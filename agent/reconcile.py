@@ -109,18 +109,14 @@ class Reconciler:
             self._devices.discard(name)
 
     def _converge_set(self, kind: str, current: set, desired: set, apply) -> None:
-        for entry in sorted(current - desired, key=str):
-            try:
-                apply(entry, False)
-                self._changed(kind, "removed", entry=_fields(entry))
-            except KernelError as exc:
-                self._error(kind, exc)
-        for entry in sorted(desired - current, key=str):
-            try:
-                apply(entry, True)
-                self._changed(kind, "added", entry=_fields(entry))
-            except KernelError as exc:
-                self._error(kind, exc)
+        """Remove what is no longer desired, then add what is missing; one failure stops no other."""
+        for entries, present, what in ((current - desired, False, "removed"), (desired - current, True, "added")):
+            for entry in sorted(entries, key=str):
+                try:
+                    apply(entry, present)
+                    self._changed(kind, what, entry=_fields(entry))
+                except KernelError as exc:
+                    self._error(kind, exc)
 
     # ---- routes ----------------------------------------------------------------------------
     def _routes(self, desired: Desired) -> Tuple[int, int]:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import DIST_BIN, REFERENCE_BIN, require_built  # noqa: E402
-from plugin_bench import bench_node, compare, cycle_fn  # noqa: E402
+from plugin_bench import bench_node, compare, cycle_fn, flavours  # noqa: E402
 
 
 def main() -> None:
@@ -24,13 +24,8 @@ def main() -> None:
     cni_path = f"{DIST_BIN}:{REFERENCE_BIN}"
     with bench_node("b") as (tag, containers, tmp, ours_ipam):
         for masq in (False, True):
-            flavours = [("reference bridge + host-local", REFERENCE_BIN / "bridge", "bridge", "host-local"),
-                        ("pycni-bridge + reference host-local", DIST_BIN / "pycni-bridge", "pycni-bridge", "host-local")]
-            if ours_ipam:
-                flavours.append(("pycni-bridge + pycni-host-local", DIST_BIN / "pycni-bridge", "pycni-bridge",
-                                 "pycni-host-local"))
             fns = {}
-            for i, (label, binary, btype, itype) in enumerate(flavours):
+            for i, (label, binary, btype, itype) in enumerate(flavours("bridge", ours_ipam)):
                 conf = {"cniVersion": "1.0.0", "name": f"bench{i}", "type": btype, "bridge": f"bb{tag}{i}",
                         "isGateway": True, "ipMasq": masq,
                         "ipam": {"type": itype, "dataDir": f"{tmp}/ipam", "subnet": f"10.9{i}.0.0/16"}}

@@ -13,12 +13,15 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+import helpers  # noqa: E402  (the tests' way of starting a node server)
+
 DIST_BIN = ROOT / "dist" / "bin"
-REFERENCE_BIN = Path("/usr/lib/cni")
-NODE_PYTHON = "/usr/bin/python3"
+REFERENCE_BIN = helpers.REFERENCE_BIN
+NODE_PYTHON = helpers.NODE_PYTHON  # Debian's python3, as a node runs plugins
 RUNTIME_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"  # /usr/bin/python3 first, as on a node
 
 
@@ -51,19 +54,24 @@ def time_runs(fn: Callable[[], object], runs: int, warmup: int = 2) -> List[floa
     return times
 
 
-def time_interleaved(fns: Mapping[str, Callable[[], object]], runs: int, warmup: int = 2) -> Dict[str, List[float]]:
-    """Like time_runs for several contenders, taking turns run by run: drift on a shared
-    machine then hits them all alike, and their ratios stay fair."""
+def wall_ms(fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    fn()
+    return (time.perf_counter() - start) * 1000
+
+
+def time_interleaved(fns: Mapping[str, Callable[[], object]], runs: int, warmup: int = 2,
+                     measure: Callable[[Callable[[], object]], Any] = wall_ms) -> Dict[str, List[Any]]:
+    """`measure` of each contender `runs` times, taking turns run by run after `warmup` untimed
+    rounds: drift on a shared machine then hits them all alike, and their ratios stay fair."""
     for _ in range(warmup):
         for fn in fns.values():
             fn()
-    times: Dict[str, List[float]] = {name: [] for name in fns}
+    samples: Dict[str, List[Any]] = {name: [] for name in fns}
     for _ in range(runs):
         for name, fn in fns.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append((time.perf_counter() - start) * 1000)
-    return times
+            samples[name].append(measure(fn))
+    return samples
 
 
 def median(times: Sequence[float]) -> float:
@@ -99,20 +107,9 @@ def node_python_path(work: Path) -> str:
 
 def start_node_server(work: Path, socket_path: Path, *args: str) -> subprocess.Popen:
     """pycni-server on NODE_PYTHON (Debian's build, as the image runs it); returns once it answers."""
-    from pycni.plugins.server import health
-
     env = dict(os.environ, PYTHONPATH=node_python_path(work))
     env.pop("PYTHONDONTWRITEBYTECODE", None)
-    proc = subprocess.Popen([NODE_PYTHON, "-m", "pycni.plugins.server", "--socket", str(socket_path), *args],
-                            env=env, stderr=subprocess.DEVNULL)
-    for _ in range(400):
-        if socket_path.exists() and health(str(socket_path)):
-            return proc
-        if proc.poll() is not None:
-            break
-        time.sleep(0.05)
-    proc.kill()
-    raise SystemExit("bench: pycni-server did not start")
+    return helpers.start_node_server(socket_path, *args, python=NODE_PYTHON, env=env)
 
 
 def require_built(*names: str) -> None:

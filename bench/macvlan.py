@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from plugin_bench import bench_node, compare, cycle_fn  # noqa: E402
+from plugin_bench import bench_node, compare, cycle_fn, flavours  # noqa: E402
 from common import DIST_BIN, REFERENCE_BIN, require_built  # noqa: E402
 
 
@@ -23,14 +23,8 @@ def main() -> None:
         for cmd in (["link", "add", "m0", "type", "veth", "peer", "name", "m0p"],
                     ["link", "set", "m0", "up"], ["link", "set", "m0p", "up"]):
             subprocess.run(["ip"] + cmd, check=True)
-        flavours = [("reference macvlan + host-local", REFERENCE_BIN / "macvlan", "macvlan", "host-local"),
-                    ("pycni-macvlan + reference host-local", DIST_BIN / "pycni-macvlan", "pycni-macvlan",
-                     "host-local")]
-        if ours_ipam:
-            flavours.append(("pycni-macvlan + pycni-host-local", DIST_BIN / "pycni-macvlan", "pycni-macvlan",
-                             "pycni-host-local"))
         fns = {}
-        for i, (label, binary, mtype, itype) in enumerate(flavours):
+        for i, (label, binary, mtype, itype) in enumerate(flavours("macvlan", ours_ipam)):
             conf = {"cniVersion": "1.0.0", "name": f"mbench{i}", "type": mtype, "master": "m0",
                     "ipam": {"type": itype, "dataDir": f"{tmp}/ipam", "subnet": f"10.8{i}.0.0/16"}}
             fns[label] = cycle_fn(binary, conf, containers[i], cni_path, f"mbench{i}")

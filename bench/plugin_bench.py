@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Callable, Dict, Iterator, List, Tuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import DIST_BIN, as_json, exec_plugin, report, runtime_env  # noqa: E402
+from common import DIST_BIN, REFERENCE_BIN, as_json, exec_plugin, report, runtime_env, time_interleaved  # noqa: E402
 
 
 def enter_netns(name: str) -> None:
@@ -23,6 +23,17 @@ def enter_netns(name: str) -> None:
     if ctypes.CDLL(None, use_errno=True).setns(fd, 0x40000000) != 0:
         sys.exit("setns failed")
     os.close(fd)
+
+
+def flavours(plugin: str, ours_ipam: bool) -> List[Tuple[str, Path, str, str]]:
+    """(label, binary, type, IPAM type) rows: the reference pair, ours with the reference
+    host-local (the plugin alone compared) and, when it works, ours with pycni-host-local."""
+    ours = f"pycni-{plugin}"
+    rows = [(f"reference {plugin} + host-local", REFERENCE_BIN / plugin, plugin, "host-local"),
+            (f"{ours} + reference host-local", DIST_BIN / ours, ours, "host-local")]
+    if ours_ipam:
+        rows.append((f"{ours} + pycni-host-local", DIST_BIN / ours, ours, "pycni-host-local"))
+    return rows
 
 
 def cycle_fn(binary: Path, conf: dict, netns: str, cni_path: str, cid: str):
@@ -80,17 +91,9 @@ def bench_node(prefix: str, containers: int = 3) -> Iterator[Tuple[str, List[str
 
 
 def compare(title: str, fns: Dict[str, Callable[[], None]], runs: int, baseline: str) -> None:
-    """Warm each cycle twice, then time them interleaved (drift hits every row alike); print wall and CPU."""
-    rows: Dict[str, List[float]] = {}
-    cpu: Dict[str, List[float]] = {}
-    for label, fn in fns.items():
-        fn()  # warm-up: creates the bridge, unpacks the zipapp cache
-        fn()
-        rows[label], cpu[label] = [], []
-    for _ in range(runs):
-        for label, fn in fns.items():
-            wall, used = timed(fn)
-            rows[label].append(wall)
-            cpu[label].append(used)
-    report(f"{title}: wall time", rows, baseline=baseline)
-    report(f"{title}: CPU time of the processes (user+sys)", cpu, baseline=baseline)
+    """Warm each cycle twice (creates the bridge, unpacks the zipapp cache), then time them
+    interleaved; print wall and CPU."""
+    samples = time_interleaved(fns, runs, measure=timed)
+    report(f"{title}: wall time", {label: [w for w, _ in s] for label, s in samples.items()}, baseline=baseline)
+    report(f"{title}: CPU time of the processes (user+sys)", {label: [c for _, c in s] for label, s in samples.items()},
+           baseline=baseline)

@@ -17,7 +17,6 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parent / "tests"))
 from common import DIST_BIN, REFERENCE_BIN, report, require_built, start_node_server, time_runs  # noqa: E402
 from podman_helpers import Podman  # noqa: E402
 

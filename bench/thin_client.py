@@ -12,7 +12,6 @@ VERSION (an exec that does no work), with the build's cache dir present
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import socket
 import subprocess

@@ -4,16 +4,59 @@ from __future__ import annotations
 import threading
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 PREFIX = "pycni_installer_"
 
 
-class Status:
-    """What the sync loop knows; read by the HTTP handlers (thread-safe)."""
+class LockedStatus:
+    """State one loop updates and the HTTP handler threads read, all under one lock."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
+
+    def update(self, **fields: Any) -> None:
+        with self.lock:
+            for key, value in fields.items():
+                setattr(self, key, value)
+
+    def count(self, counter: str, label: Any, n: int = 1) -> None:
+        with self.lock:
+            getattr(self, counter)[label] += n
+
+
+class Metrics:
+    """Prometheus text exposition, built one metric family at a time."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self.lines: List[str] = []
+
+    def add(self, name: str, kind: str, help_text: str, samples: Dict[str, Any]) -> None:
+        """`samples`: labels (see `labels`, "" for none) -> value."""
+        self.lines.append(f"# HELP {self.prefix}{name} {help_text}")
+        self.lines.append(f"# TYPE {self.prefix}{name} {kind}")
+        for label_text, value in samples.items():
+            text = f"{value:.3f}" if isinstance(value, float) else str(value)
+            self.lines.append(f"{self.prefix}{name}{label_text} {text}")
+
+    def text(self) -> str:
+        return "\n".join(self.lines) + "\n"
+
+
+def labels(**pairs: Any) -> str:
+    """A sample's label set, escaped as the text format wants."""
+    def esc(value: str) -> str:
+        return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+    return "{" + ",".join(f'{k}="{esc(str(v))}"' for k, v in pairs.items()) + "}"
+
+
+class Status(LockedStatus):
+    """What the sync loop knows; read by the HTTP handlers (thread-safe)."""
+
+    def __init__(self) -> None:
+        super().__init__()
         self.binaries_ok = False
         self.config_ok = False
         self.reason = "starting"
@@ -37,60 +80,36 @@ class Status:
                                f"(the last good conflist, if any, stays in place)")
             return False, self.reason
 
-    def update(self, **fields: Any) -> None:
-        with self.lock:
-            for key, value in fields.items():
-                setattr(self, key, value)
-
-    def count(self, counter: str, label: str, n: int = 1) -> None:
-        with self.lock:
-            getattr(self, counter)[label] += n
-
     def metrics(self) -> str:
         ready, _ = self.ready()
+        out = Metrics(PREFIX)
         with self.lock:
-            out = []
-
-            def metric(name: str, kind: str, help_text: str, samples: Dict[str, float]) -> None:
-                out.append(f"# HELP {PREFIX}{name} {help_text}")
-                out.append(f"# TYPE {PREFIX}{name} {kind}")
-                for labels, value in samples.items():
-                    out.append(f"{PREFIX}{name}{labels} {value:.3f}" if isinstance(value, float)
-                               else f"{PREFIX}{name}{labels} {value}")
-
-            metric("syncs_total", "counter", "Sync passes by result (written, unchanged, rejected, waiting, error).",
-                   {_labels(result=k): v for k, v in sorted(self.syncs.items())} or {_labels(result="written"): 0})
-            metric("rejections_total", "counter", "Distinct config inputs rejected, by kind.",
-                   {_labels(kind=k): v for k, v in sorted(self.rejections.items())} or {"": 0})
-            metric("last_successful_sync_timestamp_seconds", "gauge",
-                   "Unix time of the last sync that left the node's conflist and binaries as desired.",
-                   {"": float(self.last_success)})
-            metric("config_info", "gauge", "sha256 of the conflist last written or confirmed on the node.",
-                   {_labels(sha256=self.config_hash): 1} if self.config_hash else {})
-            metric("config_rejected", "gauge", "1 while the current config input is rejected (reason label).",
-                   {_labels(kind=self.rejection[0], reason=self.rejection[1][:300]): 1} if self.rejection
-                   else {"": 0})
-            metric("ready", "gauge", "1 when binaries are installed and the current config is written.",
-                   {"": int(ready)})
-            metric("binary_copies_total", "counter", "Plugin binaries copied into the host bin dir.",
-                   {"": self.binary_copies})
-            metric("conflist_writes_total", "counter", "Writes of the conflist into the host conf dir.",
-                   {"": self.conflist_writes})
-            metric("watch_restarts_total", "counter", "API watches restarted, by source and cause.",
-                   {_labels(source=s, cause=c): v for (s, c), v in sorted(self.watch_restarts.items())})
-            metric("binary_check_ok", "gauge",
-                   "1 when the plugin binary answered VERSION on the node (through the host root), 0 when not.",
-                   {_labels(plugin=k): v for k, v in sorted(self.binary_checks.items())})
-            metric("binary_check_failures_total", "counter", "Failed VERSION checks of plugin binaries on the node.",
-                   {_labels(plugin=k): v for k, v in sorted(self.binary_check_failures.items())})
-            return "\n".join(out) + "\n"
-
-
-def _labels(**labels: str) -> str:
-    def esc(value: str) -> str:
-        return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
-
-    return "{" + ",".join(f'{k}="{esc(str(v))}"' for k, v in labels.items()) + "}"
+            out.add("syncs_total", "counter", "Sync passes by result (written, unchanged, rejected, waiting, error).",
+                    {labels(result=k): v for k, v in sorted(self.syncs.items())} or {labels(result="written"): 0})
+            out.add("rejections_total", "counter", "Distinct config inputs rejected, by kind.",
+                    {labels(kind=k): v for k, v in sorted(self.rejections.items())} or {"": 0})
+            out.add("last_successful_sync_timestamp_seconds", "gauge",
+                    "Unix time of the last sync that left the node's conflist and binaries as desired.",
+                    {"": float(self.last_success)})
+            out.add("config_info", "gauge", "sha256 of the conflist last written or confirmed on the node.",
+                    {labels(sha256=self.config_hash): 1} if self.config_hash else {})
+            out.add("config_rejected", "gauge", "1 while the current config input is rejected (reason label).",
+                    {labels(kind=self.rejection[0], reason=self.rejection[1][:300]): 1} if self.rejection
+                    else {"": 0})
+            out.add("ready", "gauge", "1 when binaries are installed and the current config is written.",
+                    {"": int(ready)})
+            out.add("binary_copies_total", "counter", "Plugin binaries copied into the host bin dir.",
+                    {"": self.binary_copies})
+            out.add("conflist_writes_total", "counter", "Writes of the conflist into the host conf dir.",
+                    {"": self.conflist_writes})
+            out.add("watch_restarts_total", "counter", "API watches restarted, by source and cause.",
+                    {labels(source=s, cause=c): v for (s, c), v in sorted(self.watch_restarts.items())})
+            out.add("binary_check_ok", "gauge",
+                    "1 when the plugin binary answered VERSION on the node (through the host root), 0 when not.",
+                    {labels(plugin=k): v for k, v in sorted(self.binary_checks.items())})
+            out.add("binary_check_failures_total", "counter", "Failed VERSION checks of plugin binaries on the node.",
+                    {labels(plugin=k): v for k, v in sorted(self.binary_check_failures.items())})
+        return out.text()
 
 
 class HealthServer:

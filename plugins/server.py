@@ -12,7 +12,6 @@ request starts at once. Each worker serves one connection and exits.
 from __future__ import annotations
 
 import argparse
-import errno
 import gc
 import os
 import select
@@ -21,6 +20,7 @@ import signal
 import socket
 import struct
 import sys
+from contextlib import suppress
 from typing import Dict, Optional
 
 from . import wire
@@ -68,6 +68,7 @@ class Server:
         self.max_workers = max(1, max_workers)
         self.idle_target = max(0, min(idle_workers, self.max_workers))
         self.code_id = own_code_id()
+        self.netns = wire.own_netns()  # requests from clients elsewhere are declined
         self.workers: Dict[int, bool] = {}  # pid -> still idle
         self.counters = SharedCounters()
         self.stopping = False
@@ -86,7 +87,7 @@ class Server:
         os.makedirs(directory, mode=0o700, exist_ok=True)
         os.chmod(directory, 0o700)  # root only: the socket runs code as root
         tmp = f"{self.socket_path}.{os.getpid()}.tmp"
-        with _suppress_missing():
+        with suppress(FileNotFoundError):
             os.unlink(tmp)
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         listener.bind(tmp)
@@ -148,7 +149,7 @@ class Server:
 
     def _drain(self, listener: socket.socket) -> None:
         """On stop: unlink first (new clients run in-process), then serve what is already queued."""
-        with _suppress_missing():
+        with suppress(FileNotFoundError):
             if os.stat(self.socket_path).st_ino == self.socket_inode:  # not a newer server's socket
                 os.unlink(self.socket_path)
         os.close(self.stop_w)  # idle workers leave; one that took a connection finishes it
@@ -181,6 +182,7 @@ class Server:
         self.counters.set("workers", len(self.workers))
 
     def _reap(self, block: bool = False) -> None:
+        before = len(self.workers)
         while self.workers:
             try:
                 pid, _ = os.waitpid(-1, 0 if block else os.WNOHANG)
@@ -192,7 +194,8 @@ class Server:
             self.workers.pop(pid, None)
             if block:
                 break
-        self.counters.set("workers", len(self.workers))
+        if len(self.workers) != before:
+            self.counters.set("workers", len(self.workers))
 
     # -- a worker ---------------------------------------------------------------
 
@@ -230,7 +233,7 @@ class Server:
         os.close(self.stop_r)
         os.close(self.taken_w)
         conn.setblocking(True)
-        serve_connection(conn, self.code_id, self.counters)
+        serve_connection(conn, self.code_id, self.netns, self.counters)
 
 
 def _read_all(fd: int) -> bytes:
@@ -244,14 +247,6 @@ def _read_all(fd: int) -> bytes:
             break
         chunks.append(chunk)
     return b"".join(chunks)
-
-
-class _suppress_missing:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, kind, value, tb) -> bool:
-        return kind is not None and issubclass(kind, OSError) and getattr(value, "errno", None) == errno.ENOENT
 
 
 def health(socket_path: str, timeout: float = 3.0) -> Optional[str]:

@@ -33,9 +33,12 @@ def own_private_pages(madvise: Optional[Callable[[int, int, int], int]]) -> int:
     """
     if madvise is None:
         return 0
+    try:
+        with open("/proc/self/maps") as maps:
+            regions = maps.read().splitlines()
+    except OSError:
+        return 0  # no /proc: pages fault in lazily, and the worker must not die (the server would re-fork it)
     done = 0
-    with open("/proc/self/maps") as maps:
-        regions = maps.read().splitlines()
     for line in regions:
         fields = line.split()
         if len(fields) < 2 or fields[1][1] != "w" or fields[1][3] != "p":

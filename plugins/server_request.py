@@ -23,15 +23,18 @@ def _peer_uid(conn: socket.socket) -> int:
     return struct.unpack("3i", creds)[1]
 
 
-def serve_connection(conn: socket.socket, code_id: str, counters: SharedCounters) -> None:
-    """Answer one connection; malformed or hostile input is dropped without an answer."""
+def serve_connection(conn: socket.socket, code_id: str, netns: str, counters: SharedCounters) -> None:
+    """Answer one connection for the server of `code_id` in network namespace `netns`.
+
+    Malformed or hostile input is dropped without an answer.
+    """
     from .registry import PLUGIN_MODULES
 
     conn.settimeout(REQUEST_TIMEOUT_SECONDS)
     try:
         if _peer_uid(conn) != os.geteuid():
             return  # only the server's own user (root) may have requests run
-        plugin, client_code_id, environ, stdin, netns = wire.read_request(conn)
+        plugin, client_code_id, environ, stdin, client_netns = wire.read_request(conn)
     except (OSError, wire.WireError, UnicodeDecodeError, struct.error):
         return
     if plugin == HEALTH_PLUGIN:
@@ -41,7 +44,7 @@ def serve_connection(conn: socket.socket, code_id: str, counters: SharedCounters
     counters.add("served")
     # Another build's request, or one from a client in another network namespace (a plugin
     # exec'd there works on that namespace's host side), runs where the client is.
-    if client_code_id != code_id or plugin not in PLUGIN_MODULES or not netns or netns != wire.own_netns():
+    if client_code_id != code_id or plugin not in PLUGIN_MODULES or not client_netns or client_netns != netns:
         conn.sendall(wire.encode_response(wire.DECLINED, b""))
         return
     conn.settimeout(None)

@@ -4,14 +4,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Callable, Iterator, List, Optional
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from helpers import ROOT, sh, unique  # noqa: E402
+from helpers import ROOT, sh, start_node_server, unique  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -21,29 +20,6 @@ def plugin_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path.chmod(0o755)
     os.environ["PYCNI_CACHE_DIR"] = str(path)
     return path
-
-
-def start_node_server(socket_path: Path) -> subprocess.Popen:
-    """Start pycni-server on `socket_path` and wait until it answers."""
-    from pycni.plugins.server import health
-
-    def inode() -> int:
-        try:
-            return socket_path.stat().st_ino
-        except OSError:
-            return 0
-
-    previous = inode()  # a server being replaced still answers until the new one takes the path
-    proc = subprocess.Popen([sys.executable, "-m", "pycni.plugins.server", "--socket", str(socket_path)],
-                            stderr=subprocess.DEVNULL)
-    for _ in range(200):
-        if inode() not in (0, previous) and health(str(socket_path), timeout=0.5):
-            return proc
-        if proc.poll() is not None:
-            raise RuntimeError("pycni-server exited at start")
-        time.sleep(0.05)
-    proc.kill()
-    raise RuntimeError("pycni-server did not answer")
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -5,6 +5,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -92,3 +93,27 @@ def exec_plugin(binary: os.PathLike, env: Mapping[str, str], stdin: Any,
     except ValueError:
         raise AssertionError(f"plugin printed non-JSON on stdout: {out!r}; stderr: {proc.stderr.decode()}")
     return parsed, proc.returncode, proc.stderr.decode()
+
+
+def start_node_server(socket_path: Path, *args: str, python: str = sys.executable,
+                      env: Optional[Mapping[str, str]] = None) -> subprocess.Popen:
+    """Start pycni-server (`python -m`, extra `args`) on `socket_path`; return once it answers there."""
+    from pycni.plugins.server import health
+
+    def inode() -> int:
+        try:
+            return socket_path.stat().st_ino
+        except OSError:
+            return 0
+
+    previous = inode()  # a server being replaced still answers until the new one takes the path
+    proc = subprocess.Popen([python, "-m", "pycni.plugins.server", "--socket", str(socket_path), *args],
+                            env=None if env is None else dict(env), stderr=subprocess.DEVNULL)
+    for _ in range(200):
+        if inode() not in (0, previous) and health(str(socket_path), timeout=0.5):
+            return proc
+        if proc.poll() is not None:
+            raise RuntimeError("pycni-server exited at start")
+        time.sleep(0.05)
+    proc.kill()
+    raise RuntimeError("pycni-server did not answer")

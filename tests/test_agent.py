@@ -5,7 +5,7 @@ import re
 import subprocess
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Callable, Iterator, List
 
 import pytest
 
@@ -17,21 +17,37 @@ VXLAN = "backend: vxlan\nvxlan: {vni: 42, port: 8472}\n"
 
 
 @pytest.fixture
-def cluster(tmp_path: Path, bin_dir: Path) -> Iterator[Cluster]:
-    c = Cluster(tmp_path, bin_dir, resync=2.0)
+def make_cluster(tmp_path: Path, bin_dir: Path) -> Iterator[Callable[..., Cluster]]:
+    """Cluster(tmp_path, bin_dir, **options), closed after the test."""
+    made: List[Cluster] = []
+
+    def make(**options: Any) -> Cluster:
+        made.append(Cluster(tmp_path, bin_dir, **options))
+        return made[-1]
+
     try:
-        yield c
+        yield make
     finally:
-        c.close()
+        for c in made:
+            c.close()
 
 
-def three_nodes(c: Cluster, config: str = "backend: host-gw\n", third: str = "A"):
-    c.start(config, router=third == "B")
-    nodes = [c.add_node(1), c.add_node(2), c.add_node(3, third)]
+@pytest.fixture
+def cluster(make_cluster: Callable[..., Cluster]) -> Cluster:
+    return make_cluster(resync=2.0)
+
+
+def with_pods_and_agents(c: Cluster, nodes: List) -> List:
+    """One pod on each node, then every node's agent, ready."""
     for node in nodes:
         c.add_pod(node)
     start_agents(c, nodes)
     return nodes
+
+
+def three_nodes(c: Cluster, config: str = "backend: host-gw\n", third: str = "A"):
+    c.start(config, router=third == "B")
+    return with_pods_and_agents(c, [c.add_node(1), c.add_node(2), c.add_node(3, third)])
 
 
 def start_agents(c: Cluster, nodes) -> None:
@@ -188,40 +204,28 @@ def test_switching_host_gw_to_vxlan_keeps_pods_connected(cluster: Cluster) -> No
     cluster.wait_ping(pod1, pod2["ip"], 3)
 
 
-def test_host_gw_and_vxlan_route_ipv6_pod_cidrs_too(tmp_path: Path, bin_dir: Path) -> None:
-    c = Cluster(tmp_path, bin_dir, resync=2.0, dual_stack=True)
-    try:
-        c.start()
-        n1, n2 = c.add_node(1), c.add_node(2)
-        for node in (n1, n2):
-            c.add_pod(node)
-        start_agents(c, [n1, n2])
-        assert c.route_map(n1, "-6") == {n2.pod_cidr6: f"{n2.ip6} eth0"}
-        assert c.route_map(n1) == {n2.pod_cidr: f"{n2.ip} eth0"}
-        wait_until(lambda: c.ping(n1.pods[0], n2.pods[0]["ip6"]), 10, what="IPv6 pod-to-pod over host-gw")
-        c.set_config(VXLAN)  # IPv4 underlay carrying both families
-        wait_until(lambda: {r.get("dev") for r in c.routes(n1, family="-6")} == {"pycni-vxlan"}, 10,
-                   what="IPv6 routes over the VXLAN device")
-        assert c.route_map(n1, "-6") == {n2.pod_cidr6: "fd10:2:: pycni-vxlan"}
-        wait_until(lambda: c.ping(n1.pods[0], n2.pods[0]["ip6"]), 10, what="IPv6 pod-to-pod over vxlan")
-        c.wait_ping(n2.pods[0], n1.pods[0]["ip"], 5)
-    finally:
-        c.close()
+def test_host_gw_and_vxlan_route_ipv6_pod_cidrs_too(make_cluster: Callable[..., Cluster]) -> None:
+    c = make_cluster(resync=2.0, dual_stack=True)
+    c.start()
+    n1, n2 = with_pods_and_agents(c, [c.add_node(1), c.add_node(2)])
+    assert c.route_map(n1, "-6") == {n2.pod_cidr6: f"{n2.ip6} eth0"}
+    assert c.route_map(n1) == {n2.pod_cidr: f"{n2.ip} eth0"}
+    wait_until(lambda: c.ping(n1.pods[0], n2.pods[0]["ip6"]), 10, what="IPv6 pod-to-pod over host-gw")
+    c.set_config(VXLAN)  # IPv4 underlay carrying both families
+    wait_until(lambda: {r.get("dev") for r in c.routes(n1, family="-6")} == {"pycni-vxlan"}, 10,
+               what="IPv6 routes over the VXLAN device")
+    assert c.route_map(n1, "-6") == {n2.pod_cidr6: "fd10:2:: pycni-vxlan"}
+    wait_until(lambda: c.ping(n1.pods[0], n2.pods[0]["ip6"]), 10, what="IPv6 pod-to-pod over vxlan")
+    c.wait_ping(n2.pods[0], n1.pods[0]["ip"], 5)
 
 
-def test_pod_sources_survive_the_bridge_iptables_masquerade_too(tmp_path: Path, bin_dir: Path) -> None:
+def test_pod_sources_survive_the_bridge_iptables_masquerade_too(make_cluster: Callable[..., Cluster]) -> None:
     """ipMasqBackend: iptables (iptables-nft here) hooks NAT at the same point: the null binding wins too."""
-    c = Cluster(tmp_path, bin_dir, masq_backend="iptables")
-    try:
-        c.start()
-        n1, n2 = c.add_node(1), c.add_node(2)
-        for node in (n1, n2):
-            c.add_pod(node)
-        start_agents(c, [n1, n2])
-        assert "MASQUERADE" in subprocess.run(["ip", "netns", "exec", n1.ns, "iptables", "-t", "nat", "-S"],
-                                              stdout=subprocess.PIPE).stdout.decode()
-        c.wait_ping(n1.pods[0], n2.pods[0]["ip"], 5)
-        assert c.observed_source(n1.pods[0], n2.pods[0]) == n1.pods[0]["ip"]
-        assert c.observed_source(n1.pods[0], {"ns": n2.ns, "ip": n2.ip}, 5598) == n1.ip
-    finally:
-        c.close()
+    c = make_cluster(masq_backend="iptables")
+    c.start()
+    n1, n2 = with_pods_and_agents(c, [c.add_node(1), c.add_node(2)])
+    assert "MASQUERADE" in subprocess.run(["ip", "netns", "exec", n1.ns, "iptables", "-t", "nat", "-S"],
+                                          stdout=subprocess.PIPE).stdout.decode()
+    c.wait_ping(n1.pods[0], n2.pods[0]["ip"], 5)
+    assert c.observed_source(n1.pods[0], n2.pods[0]) == n1.pods[0]["ip"]
+    assert c.observed_source(n1.pods[0], {"ns": n2.ns, "ip": n2.ip}, 5598) == n1.ip

@@ -7,7 +7,7 @@ from typing import Any, Dict
 import pytest
 
 from helpers import in_netns, link_exists, netns_path, sh, unique
-from kernel_plugins import Node, addrs, host_local, link_json, node, ping, reference_missing, shape  # noqa: F401
+from kernel_plugins import Node, host_local, link_json, node, ping, reference_missing, shape  # noqa: F401
 
 pytestmark = pytest.mark.kernel
 

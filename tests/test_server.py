@@ -13,8 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import start_node_server
-from helpers import exec_plugin, link_exists, plugin_env, sh, unique
+from helpers import exec_plugin, link_exists, plugin_env, sh, start_node_server, unique
 from pycni.plugins import wire
 from pycni.plugins.buildinfo import own_code_id
 from pycni.plugins.server import health

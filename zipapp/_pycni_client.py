@@ -8,16 +8,7 @@ and `socket` adds enum and selectors (~5 ms), on every exec of every plugin.
 import posix
 import sys
 
-import _struct
-
-# The wire module's `import struct` would read struct.py from disk (~0.3 ms) only to re-export
-# _struct: lend it _struct for that one import.
-_LENT = sys.modules.setdefault("struct", _struct) is _struct
-try:
-    from _pycni_wire import DECLINED, DEFAULT_SOCKET, SOCKET_ENV, WireError, encode_request, read_response
-finally:
-    if _LENT:
-        del sys.modules["struct"]
+from _pycni_wire import DECLINED, DEFAULT_SOCKET, SOCKET_ENV, WireError, encode_request, read_response
 
 
 def _environ():
