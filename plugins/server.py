@@ -154,19 +154,22 @@ class Server:
                 os.unlink(self.socket_path)
         os.close(self.stop_w)  # idle workers leave; one that took a connection finishes it
         self.stop_w = -1
-        self._accept_all(listener)
-        listener.close()
+        while not self._accept_all(listener):  # every worker busy, clients still queued
+            self._reap(block=True)
+        listener.close()  # the path is gone: nothing new can have queued
         while self.workers:
             self._reap(block=True)
 
-    def _accept_all(self, listener: socket.socket) -> None:
+    def _accept_all(self, listener: socket.socket) -> bool:
+        """Fork a worker for each queued connection; False when it stopped at max_workers (more may wait)."""
         while len(self.workers) < self.max_workers:
             try:
                 conn, _ = listener.accept()
             except (BlockingIOError, InterruptedError):
-                return
+                return True
             self._fork(self._serve, conn, idle=False)
             conn.close()
+        return False
 
     def _fork(self, work, arg, idle: bool = True) -> None:
         pid = os.fork()

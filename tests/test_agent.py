@@ -157,7 +157,9 @@ def test_restarted_agent_converges_to_the_same_state_without_duplicates(cluster:
                 subprocess.run(["ip", "netns", "exec", n1.ns, "nft", "list", "ruleset"],
                                stdout=subprocess.PIPE).stdout.decode())
 
-    wait_until(lambda: len(cluster.fdb(n1)) == 2, 10, what="two FDB entries on node1")
+    # converged: both peers' VTEPs known, so their routes have moved from host-gw onto the device
+    wait_until(lambda: len(cluster.fdb(n1)) == 2 and {r.get("dev") for r in cluster.routes(n1)} == {"pycni-vxlan"},
+               10, what="two FDB entries on node1 and its routes over pycni-vxlan")
     before = state()
     cluster.stop_agent(n1)  # SIGTERM: everything stays in place for the next agent
     assert state()[:4] == before[:4]

@@ -208,6 +208,32 @@ def test_sigterm_drains_then_clients_fall_back(bin_dir: Path, server) -> None:
     assert rc == 1 and out["code"] == 6
 
 
+def test_sigterm_serves_requests_queued_behind_busy_workers(bin_dir: Path, tmp_path: Path) -> None:
+    """A request waiting in the backlog while every worker is busy is still answered on stop."""
+    path = tmp_path / "srv" / "server.sock"
+    proc = start_node_server(path, "--max-workers", "1", "--idle-workers", "1")
+    try:
+        with socket.socket(socket.AF_UNIX) as busy, socket.socket(socket.AF_UNIX) as queued:
+            busy.connect(str(path))
+            busy.sendall(wire.MAGIC)  # the only worker now waits for the rest of this request
+            time.sleep(0.5)
+            queued.connect(str(path))  # no worker free: it waits in the backlog
+            queued.settimeout(30)
+            env = {"CNI_COMMAND": "VERSION", "PATH": os.environ["PATH"]}
+            queued.sendall(wire.encode_request("pycni-host-local", own_code_id(), env, b""))
+            queued.shutdown(socket.SHUT_WR)
+            proc.terminate()
+            time.sleep(0.5)
+            busy.close()  # the busy worker gives up on its request and exits
+            code, out = wire.read_response(queued)
+        assert code == 0 and json.loads(out)["supportedVersions"], out
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
 def test_restart_takes_over_the_socket_path(server) -> None:
     path, proc = server
     second = start_node_server(path)
