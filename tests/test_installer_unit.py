@@ -2,6 +2,7 @@
 health, settings, and the fake API server itself (driven by the real `kubernetes` client)."""
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -133,7 +134,12 @@ def test_exec_loop_catches_an_in_place_copy(tmp_path: Path, bin_dir: Path) -> No
     """The harness above can fail: an in-place copy (what the installer must not do) is caught."""
 
     def naive(src: Path, dst: Path) -> int:
-        shutil.copyfile(src / "pycni-host-local", dst / "pycni-host-local")
+        try:
+            shutil.copyfile(src / "pycni-host-local", dst / "pycni-host-local")
+        except OSError as exc:  # the kernel refused to open it for writing mid-exec: try again
+            if exc.errno != errno.ETXTBSY:
+                raise
+            return 0
         os.chmod(dst / "pycni-host-local", 0o755)
         return 1
 
