@@ -18,7 +18,7 @@ import ipaddress
 import subprocess
 from typing import Iterable, List, Optional
 
-from pycni.plugins.masquerade import find_tool
+from pycni.plugins.kernel.masquerade import find_tool
 
 TABLE = "pycni-agent"
 _MULTICAST = {4: "224.0.0.0/4", 6: "ff00::/8"}

@@ -25,9 +25,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import DIST_BIN, REFERENCE_BIN, report, require_built, start_node_server, time_interleaved  # noqa: E402
 
-from pycni.plugins import wire  # noqa: E402
-from pycni.plugins.buildinfo import own_code_id  # noqa: E402
-from pycni.plugins.chain import Attachment, ChainRunner, NetworkList  # noqa: E402
+from pycni.plugins.server import wire  # noqa: E402
+from pycni.plugins.core.buildinfo import own_code_id  # noqa: E402
+from pycni.plugins.cli.chain import Attachment, ChainRunner, NetworkList  # noqa: E402
 
 
 def conflist(kind: str, bridge: str, subnet: str, data_dir: str, masq: bool) -> NetworkList:

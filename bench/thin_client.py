@@ -24,7 +24,7 @@ from typing import Callable, Dict, List
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import DIST_BIN, NODE_PYTHON, REFERENCE_BIN, median, report, require_built, runtime_env, time_runs  # noqa: E402
 
-from pycni.plugins import wire  # noqa: E402
+from pycni.plugins.server import wire  # noqa: E402
 
 ANSWER = b'{"cniVersion": "1.1.0", "interfaces": [], "ips": []}\n'
 STDIN = b'{"cniVersion": "1.1.0", "name": "bench", "type": "pycni-bridge"}'

@@ -14,8 +14,8 @@ import os
 from pathlib import Path
 from typing import Any, Dict, List
 
-from pycni.plugins.config import network_name_problem
-from pycni.plugins.versions import SUPPORTED_VERSIONS
+from pycni.plugins.core.config import network_name_problem
+from pycni.plugins.core.versions import SUPPORTED_VERSIONS
 
 PYCNI_PREFIX = "pycni-"
 
@@ -44,9 +44,9 @@ def _plugin_conf(conflist: Dict[str, Any], plugin: Dict[str, Any]) -> bytes:
 
 def _check_pycni(where: str, conflist: Dict[str, Any], plugin: Dict[str, Any]) -> None:
     """Run the pycni plugin's (and its pycni IPAM delegate's) own config check, in-process."""
-    from pycni.plugins.config import parse_netconf
-    from pycni.plugins.errors import CNIError
-    from pycni.plugins.registry import load
+    from pycni.plugins.core.config import parse_netconf
+    from pycni.plugins.core.errors import CNIError
+    from pycni.plugins.core.registry import load
 
     try:
         conf = parse_netconf(_plugin_conf(conflist, plugin))

@@ -16,7 +16,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from helpers import REFERENCE_BIN, exec_plugin, in_netns, netns_path, plugin_env, sh, unique
 
-SERVER_MARKER = b"pycni.plugins.dns_server"
+SERVER_MARKER = b"pycni.plugins.meta.dns.server"
 
 
 def free_subnet() -> ipaddress.IPv4Network:

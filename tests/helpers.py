@@ -98,7 +98,7 @@ def exec_plugin(binary: os.PathLike, env: Mapping[str, str], stdin: Any,
 def start_node_server(socket_path: Path, *args: str, python: str = sys.executable,
                       env: Optional[Mapping[str, str]] = None) -> subprocess.Popen:
     """Start pycni-server (`python -m`, extra `args`) on `socket_path`; return once it answers there."""
-    from pycni.plugins.server import health
+    from pycni.plugins.server.node import health
 
     def inode() -> int:
         try:
@@ -107,7 +107,7 @@ def start_node_server(socket_path: Path, *args: str, python: str = sys.executabl
             return 0
 
     previous = inode()  # a server being replaced still answers until the new one takes the path
-    proc = subprocess.Popen([python, "-m", "pycni.plugins.server", "--socket", str(socket_path), *args],
+    proc = subprocess.Popen([python, "-m", "pycni.plugins.server.node", "--socket", str(socket_path), *args],
                             env=None if env is None else dict(env), stderr=subprocess.DEVNULL)
     for _ in range(200):
         if inode() not in (0, previous) and health(str(socket_path), timeout=0.5):

@@ -309,7 +309,7 @@ def test_result_shape_equals_reference(node, make_netns):
 
 
 def _cli_available() -> bool:
-    proc = subprocess.run([sys.executable, "-m", "pycni.plugins.cli", "--help"], stdout=subprocess.PIPE,
+    proc = subprocess.run([sys.executable, "-m", "pycni.plugins.cli.command", "--help"], stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE)
     return proc.returncode == 0
 
@@ -332,7 +332,7 @@ def test_conflist_by_pycni_command_ours_and_reference(node, make_netns, tmp_path
         path = tmp_path / f"{flavour}.conflist"
         path.write_text(json.dumps(conflist))
         ns = make_netns("bc")
-        base = ["ip", "netns", "exec", node.name, sys.executable, "-m", "pycni.plugins.cli"]
+        base = ["ip", "netns", "exec", node.name, sys.executable, "-m", "pycni.plugins.cli.command"]
         common = ["--cni-path", node.cni_path, "--cache-dir", str(tmp_path / flavour), "--container-id", "cl1"]
         proc = subprocess.run(base + ["add", str(path), netns_path(ns)] + common, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, cwd=str(Path(__file__).resolve().parent.parent))

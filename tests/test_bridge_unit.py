@@ -8,12 +8,12 @@ import struct
 
 import pytest
 
-from pycni.plugins import netlink as nl
-from pycni.plugins.attachment import Tag, network_prefix, parse_prefix
-from pycni.plugins.bridge import load_bridge_config, parse_vlan_trunk
-from pycni.plugins.config import parse_netconf
-from pycni.plugins.errors import CNIError
-from pycni.plugins.masquerade import NftMasquerade, find_tool
+from pycni.plugins.kernel import netlink as nl
+from pycni.plugins.kernel.attachment import Tag, network_prefix, parse_prefix
+from pycni.plugins.main.bridge import load_bridge_config, parse_vlan_trunk
+from pycni.plugins.core.config import parse_netconf
+from pycni.plugins.core.errors import CNIError
+from pycni.plugins.kernel.masquerade import NftMasquerade, find_tool
 
 from helpers import sh
 

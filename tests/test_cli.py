@@ -10,7 +10,7 @@ import pytest
 
 from helpers import REFERENCE_BIN, in_netns, link_exists, sh, unique
 
-PYCNI = [sys.executable, "-m", "pycni.plugins.cli"]
+PYCNI = [sys.executable, "-m", "pycni.plugins.cli.command"]
 
 
 def pycni(*args: str, check: bool = True) -> subprocess.CompletedProcess:

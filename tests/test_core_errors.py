@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 
 from helpers import exec_plugin, plugin_env
-from pycni.plugins import dispatch
-from pycni.plugins.errors import CNIError
-from pycni.plugins.plugin import Plugin
-from pycni.plugins.result import IPConfig, Result
+from pycni.plugins.core import dispatch
+from pycni.plugins.core.errors import CNIError
+from pycni.plugins.core.plugin import Plugin
+from pycni.plugins.core.result import IPConfig, Result
 
 GOOD = {"cniVersion": "1.0.0", "name": "net1", "type": "pycni-test"}
 

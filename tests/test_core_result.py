@@ -5,9 +5,9 @@ import itertools
 
 import pytest
 
-from pycni.plugins.errors import CNIError
-from pycni.plugins.result import Result
-from pycni.plugins.versions import SUPPORTED_VERSIONS
+from pycni.plugins.core.errors import CNIError
+from pycni.plugins.core.result import Result
+from pycni.plugins.core.versions import SUPPORTED_VERSIONS
 
 FULL_1_1 = {
     "cniVersion": "1.1.0",

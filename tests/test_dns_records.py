@@ -8,10 +8,10 @@ import time
 
 import pytest
 
-from pycni.plugins.dns_records import (
+from pycni.plugins.meta.dns.records import (
     Entry, NetworkStore, Records, Table, dns_name_problem, normalize_name, parse_hostport, read_records,
 )
-from pycni.plugins.errors import CNIError
+from pycni.plugins.core.errors import CNIError
 
 
 def test_newest_wins_and_older_del_keeps_name():
@@ -109,7 +109,7 @@ def test_resolver_answers_and_formerr(tmp_path):
     pytest.importorskip("dnslib")
     from dnslib import QTYPE, RCODE, DNSRecord
 
-    from pycni.plugins.dns_server import Resolver
+    from pycni.plugins.meta.dns.server import Resolver
 
     store = NetworkStore(str(tmp_path), "n")
     with store.locked():
@@ -148,7 +148,7 @@ def test_resolver_answers_and_formerr(tmp_path):
 def test_plugin_module_imports_no_pyroute2_or_dnslib():
     import subprocess
 
-    code = ("import sys; import pycni.plugins.dns, pycni.plugins.dns_records, pycni.plugins.dns_daemon; "
+    code = ("import sys; import pycni.plugins.meta.dns.plugin, pycni.plugins.meta.dns.records, pycni.plugins.meta.dns.daemon; "
             "print('pyroute2' in sys.modules, 'dnslib' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], stdout=subprocess.PIPE, check=True).stdout.decode()
     assert out.split() == ["False", "False"]

@@ -164,7 +164,7 @@ def test_image_contents(image: str) -> None:
     script = (
         "import json, os, shutil, subprocess, sys\n"
         "import pycni.installer.main, kubernetes, yaml\n"
-        "import pycni.agent.kernel, pycni.agent.masq, pycni.plugins.server, pyroute2\n"
+        "import pycni.agent.kernel, pycni.agent.masq, pycni.plugins.server.node, pyroute2\n"
         "print(json.dumps(sorted(os.listdir('/opt/pycni/bin'))))\n"
         "print(json.dumps([shutil.which(c) for c in COMMANDS]))\n"
         "print(json.dumps([c for c in ('gcc', 'cc', 'pip', 'pip3') if shutil.which(c)]))\n"
@@ -305,7 +305,7 @@ PROC_SYS_NET = "/host/proc/sys/net"  # the host's /proc/sys/net inside, writable
 
 def helm_render(*args: str) -> str:
     """The chart rendered with helm (tools/install-helm.sh, cached) and extra values."""
-    helm = subprocess.run(["bash", str(ROOT / "tools" / "install-helm.sh")], stdout=subprocess.PIPE,
+    helm = subprocess.run(["bash", str(ROOT / "tools" / "install-helm.sh")], env=dict(os.environ, PYTHON=sys.executable), stdout=subprocess.PIPE,
                           text=True, check=True).stdout.strip().splitlines()[-1]
     return subprocess.run([helm, "template", "pycni", str(ROOT / "charts" / "pycni"), "-n", "kube-system",
                            *args], stdout=subprocess.PIPE, text=True, check=True).stdout
@@ -342,7 +342,7 @@ def server_flags(pod: Dict[str, Any], stand_ins: Dict[str, Path]) -> List[str]:
 
 
 def served(sock: Path) -> int:
-    from pycni.plugins.server import health
+    from pycni.plugins.server.node import health
 
     status = health(str(sock))
     assert status, f"pycni-server not answering on {sock}"
@@ -362,7 +362,7 @@ class ServerContainer:
                        *server_flags(pod, stand_ins), image, timeout=120)
         assert start.returncode == 0, start.stderr
         deadline = time.monotonic() + 30
-        from pycni.plugins.server import health
+        from pycni.plugins.server.node import health
 
         while not (self.sock.exists() and health(str(self.sock), timeout=1)):
             assert time.monotonic() < deadline, f"server never answered: {self.logs()}"
@@ -396,12 +396,12 @@ def test_image_server_answers_host_zipapps(image: str, bin_dir: Path, make_netns
     """The chart's pycni-server container answers the zipapps on the host: its probe works, an
     IPAM ADD and a bridge ADD (with nftables masquerade, into a netns made after the container
     started) run inside it, DEL too; SIGTERM unlinks the socket and the zipapps run in-process."""
-    from pycni.plugins.buildinfo import own_code_id
+    from pycni.plugins.core.buildinfo import own_code_id
 
     pod = chart_pod((ROOT / "charts" / "pycni.yaml").read_text())
     ctr = container(pod, "pycni-server")
     image_code = subprocess.run(RUN + ["--network", "none", "--entrypoint", "python3", image, "-c",
-                                       "from pycni.plugins.buildinfo import own_code_id; print(own_code_id())"],
+                                       "from pycni.plugins.core.buildinfo import own_code_id; print(own_code_id())"],
                                 stdout=subprocess.PIPE, text=True, timeout=60).stdout.strip()
     assert image_code == own_code_id(), "image and zipapps built from different plugin code: the server declines"
     srv = ServerContainer(image, pod, tmp_path, bin_dir, container_name)

@@ -301,8 +301,8 @@ def test_invalid_configs_are_rejected_and_the_old_file_kept(host: Host, start: C
         ("shape", template("cni-good").replace("name: pycni", "name: bad/name"), "invalid network name"),
         ("plugin_config", bad_plugin_conf, "plugins[0] (pycni-bridge): args: expected dict"),
     ]
-    from pycni.plugins.hostlocal import PLUGIN as hostlocal
-    from pycni.plugins.plugin import Plugin
+    from pycni.plugins.ipam.hostlocal.plugin import PLUGIN as hostlocal
+    from pycni.plugins.core.plugin import Plugin
 
     if type(hostlocal).load_config is not Plugin.load_config:  # host-local's own checks exist
         cases.append(("plugin_config", template("cni-good").replace(

@@ -267,8 +267,8 @@ def test_validate_accepts_and_runs_plugin_checks(bin_dir: Path, tmp_path: Path) 
     os.chmod(not_executable / "pycni-dns", 0o644)
     with pytest.raises(ValidationError, match="pycni-dns"):
         validate(_conflist(), not_executable)
-    from pycni.plugins.hostlocal import PLUGIN as hostlocal
-    from pycni.plugins.plugin import Plugin
+    from pycni.plugins.ipam.hostlocal.plugin import PLUGIN as hostlocal
+    from pycni.plugins.core.plugin import Plugin
 
     if type(hostlocal).load_config is not Plugin.load_config:  # host-local's own checks are in
         bad = _conflist(plugins=[{"type": "pycni-bridge", "ipam": {"type": "pycni-host-local",

@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 
 from helpers import exec_plugin, link_exists, plugin_env, sh, start_node_server, unique
-from pycni.plugins import wire
-from pycni.plugins.buildinfo import own_code_id
-from pycni.plugins.server import health
-from pycni.plugins.samebuild import SameBuildRunner
+from pycni.plugins.server import wire
+from pycni.plugins.core.buildinfo import own_code_id
+from pycni.plugins.server.node import health
+from pycni.plugins.core.samebuild import SameBuildRunner
 
 REQUESTS = [  # (command, stdin) pairs whose answers do not depend on the machine
     ("ADD", b""), ("ADD", b"nope"), ("ADD", b'{"cniVersion":"0.4.0","name":"n"}'),
@@ -250,7 +250,7 @@ def test_restart_takes_over_the_socket_path(server) -> None:
 def test_a_sysctl_root_without_sysctls_stops_the_server_at_start(tmp_path: Path) -> None:
     """A forgotten /proc/sys/net mount must not leave pods quietly without their sysctls."""
     env = dict(os.environ, PYCNI_PROC_SYS=str(tmp_path / "empty"))
-    proc = subprocess.run([sys.executable, "-m", "pycni.plugins.server", "--socket", str(tmp_path / "s.sock")],
+    proc = subprocess.run([sys.executable, "-m", "pycni.plugins.server.node", "--socket", str(tmp_path / "s.sock")],
                           env=env, stderr=subprocess.PIPE, timeout=60)
     assert proc.returncode != 0 and b"no net sysctls under" in proc.stderr
     assert not (tmp_path / "s.sock").exists()

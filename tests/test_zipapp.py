@@ -18,8 +18,8 @@ from typing import Dict, Iterator, List, Tuple
 import pytest
 
 from helpers import ROOT, RUNTIME_PATH
-from pycni.plugins import wire
-from pycni.plugins.versions import SUPPORTED_VERSIONS
+from pycni.plugins.server import wire
+from pycni.plugins.core.versions import SUPPORTED_VERSIONS
 
 PLUGINS = ["pycni-bridge", "pycni-macvlan", "pycni-host-local", "pycni-dns"]
 
@@ -128,9 +128,9 @@ def test_version_imports_only_the_dispatch_core(bin_dir: Path, tmp_path: Path) -
                               input=b"", stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         assert proc.returncode == 0
         imported = {line.split("|")[-1].strip() for line in proc.stderr.decode().splitlines() if "|" in line}
-        assert "pycni.plugins.dispatch" in imported
-        heavy = {"json", "typing", "dataclasses", "subprocess", "socket", "pycni.plugins.netlink",
-                 "pycni.plugins.config", "pycni.plugins." + plugin.split("-", 1)[1].replace("-", "")}
+        assert "pycni.plugins.core.dispatch" in imported
+        heavy = {"json", "typing", "dataclasses", "subprocess", "socket", "pycni.plugins.kernel.netlink",
+                 "pycni.plugins.core.config", "pycni.plugins." + plugin.split("-", 1)[1].replace("-", "")}
         assert not imported & heavy, imported & heavy
 
 

@@ -61,7 +61,7 @@ class Demo:
         self.pods: List[str] = []
 
     def pycni(self, verb: str, pod: str) -> subprocess.CompletedProcess:
-        return run(sys.executable, "-m", "pycni.plugins.cli", verb, str(self.conflist), pod,
+        return run(sys.executable, "-m", "pycni.plugins.cli.command", verb, str(self.conflist), pod,
                    "--container-id", pod, "--cni-path", str(BIN), "--cache-dir", str(self.workdir / "cache"),
                    "--args", f"IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME={pod}", show=False,
                    check=verb != "del")

@@ -45,7 +45,7 @@ FIXED_TIME = (1980, 1, 1, 0, 0, 0)
 
 # The libraries each plugin imports at run time (beyond the standard library).
 VENDORED: Dict[str, List[str]] = {
-    "pycni-bridge": [],  # netlink through plugins/netlink.py: pyroute2's import alone costs 140-450 ms
+    "pycni-bridge": [],  # netlink through plugins/kernel/netlink.py: pyroute2's import alone costs 140-450 ms
     "pycni-macvlan": [],
     "pycni-host-local": [],
     "pycni-dns": ["dnslib"],
@@ -99,7 +99,7 @@ def launcher_modules() -> List[Tuple[str, bytes]]:
     return [("_pycni_launch.py", (HERE / "launcher.py").read_bytes()),
             ("_pycni_unpack.py", (HERE / "_pycni_unpack.py").read_bytes()),
             ("_pycni_client.py", (HERE / "_pycni_client.py").read_bytes()),
-            ("_pycni_wire.py", (ROOT / "plugins" / "wire.py").read_bytes())]
+            ("_pycni_wire.py", (ROOT / "plugins" / "server" / "wire.py").read_bytes())]
 
 
 def found_pythons() -> List[str]:
@@ -163,7 +163,7 @@ def payload_files(plugin: str) -> List[Tuple[str, bytes]]:
 
 def _plugins_code_id() -> str:
     """buildinfo.code_id, loaded by path: the build must not depend on an installed pycni."""
-    spec = importlib.util.spec_from_file_location("_pycni_buildinfo", ROOT / "plugins" / "buildinfo.py")
+    spec = importlib.util.spec_from_file_location("_pycni_buildinfo", ROOT / "plugins" / "core" / "buildinfo.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)  # type: ignore[union-attr]
     return module.code_id(ROOT / "plugins")

@@ -79,7 +79,7 @@ def _main():
     inside = archive + "/"
     sys.path[:] = [payload or inside + "payload"] + [
         p for p in sys.path if p not in (archive, payload) and not p.startswith(inside)]
-    from pycni.plugins.entry import main
+    from pycni.plugins.core.entry import main
 
     main(plugin, stdin, code_id)
 
