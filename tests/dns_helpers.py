@@ -107,6 +107,7 @@ class Upstream:
         self.sock.settimeout(0.2)
         self.port = self.sock.getsockname()[1]
         self.queries = 0
+        self.client_ports: set = set()  # source ports pycni-dns forwarded from
         self._stop = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
@@ -128,6 +129,7 @@ class Upstream:
             try:
                 q = DNSRecord.parse(data)
                 self.queries += 1
+                self.client_ports.add(addr[1])
                 reply = q.reply(ra=1, aa=1)  # AA on purpose: pycni-dns must clear it
                 name = str(q.q.qname).lower()
                 if name.endswith("example.test."):
@@ -253,3 +255,49 @@ def wait_until(predicate, timeout: float = 5.0) -> bool:
             return True
         time.sleep(0.02)
     return predicate()
+
+
+def outsider(make_netns, target: str) -> str:
+    """A netns routed to the node over its own veth, from a /30 outside every DNS network:
+    a client that can reach `target` (the gateway address) but is not on the network."""
+    ns = make_netns("dno")
+    host_if, ns_if = unique("dvo"), unique("dvi")
+    net = free_subnet()
+    host_ip, ns_ip = net.network_address + 1, net.network_address + 2
+    sh("ip", "link", "add", host_if, "type", "veth", "peer", "name", ns_if, "netns", ns)
+    sh("ip", "addr", "add", f"{host_ip}/30", "dev", host_if)
+    sh("ip", "link", "set", host_if, "up")
+    in_netns(ns, "ip", "addr", "add", f"{ns_ip}/30", "dev", ns_if)
+    in_netns(ns, "ip", "link", "set", ns_if, "up")
+    in_netns(ns, "ip", "link", "set", "lo", "up")
+    in_netns(ns, "ip", "route", "add", f"{target}/32", "via", str(host_ip))
+    return ns
+
+
+def dnsperf(ns: str, server: str, names: List[str], seconds: int, rate: int) -> Dict[str, float]:
+    """Run dnsperf inside `ns` (4 clients, 50 outstanding): sent, completed, lost, qps, avg latency (s)."""
+    import tempfile
+
+    with tempfile.NamedTemporaryFile("w", suffix=".queries", delete=False) as f:
+        f.write("".join(f"{n} A\n" for n in names))
+    try:
+        cmd = ["dnsperf", "-s", server, "-d", f.name, "-c", "4", "-q", "50", "-l", str(seconds), "-t", "2"]
+        if rate:
+            cmd += ["-Q", str(rate)]
+        text = in_netns(ns, *cmd, check=False).stdout.decode()
+    finally:
+        os.unlink(f.name)
+    return parse_dnsperf(text)
+
+
+def parse_dnsperf(text: str) -> Dict[str, float]:
+    fields = {"sent": r"Queries sent:\s+(\d+)", "completed": r"Queries completed:\s+(\d+)",
+              "lost": r"Queries lost:\s+(\d+)", "qps": r"Queries per second:\s+([\d.]+)",
+              "latency": r"Average Latency \(s\):\s+([\d.]+)"}
+    out = {}
+    for key, pattern in fields.items():
+        m = re.search(pattern, text)
+        if not m:
+            raise RuntimeError(f"dnsperf output without {key}: {text[-2000:]}")
+        out[key] = float(m.group(1))
+    return out

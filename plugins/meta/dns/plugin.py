@@ -148,26 +148,40 @@ class DnsPlugin(Plugin):
         return out
 
     @staticmethod
-    def _names(ctx: Context) -> List[str]:
+    def _names(ctx: Context) -> Tuple[List[str], List[str]]:
+        """(every name this attachment claims, the namespace-qualified ones among them).
+
+        A name the server cannot serve (not a DNS name) is skipped and logged, except an
+        alias, which the runtime's config asked for explicitly: that is a config error.
+        With a namespace, a pod name holding a dot is only registered qualified: bare, it
+        would read as another namespace's `<pod>.<namespace>`.
+        """
         domain = ctx.config.domain
         names: List[str] = []
+        qualified: List[str] = []
 
-        def add(name: str, strict: bool) -> None:
+        def add(name: str, strict: bool, is_qualified: bool = False) -> None:
             name = normalize_name(name, domain)
             problem = dns_name_problem(name)
             if problem:
                 if strict:
                     raise CNIError(INVALID_CONFIG, f"runtimeConfig.aliases: name {name!r} {problem}")
-                ctx.log.event("name_skipped", name=name, reason=problem)
+                ctx.log.event("dns_name_skipped", dns_name=name, reason=problem)
                 return
             if name not in names:
                 names.append(name)
+            if is_qualified and name not in qualified:
+                qualified.append(name)
 
         pod, namespace = ctx.inv.args.pod_name, ctx.inv.args.pod_namespace
         if pod:
-            add(pod, strict=False)
+            if namespace and "." in pod:
+                ctx.log.event("dns_name_skipped", dns_name=pod,
+                              reason="a pod name with a dot is served only as <pod>.<namespace>")
+            else:
+                add(pod, strict=False)
             if namespace:
-                add(f"{pod}.{namespace}", strict=False)
+                add(f"{pod}.{namespace}", strict=False, is_qualified=True)
         aliases = ctx.conf.runtime_config.aliases
         if isinstance(aliases, dict):  # podman: {network name: [names]}
             aliases = aliases.get(ctx.conf.name)
@@ -176,7 +190,23 @@ class DnsPlugin(Plugin):
                 raise CNIError(INVALID_CONFIG, f"runtimeConfig.aliases: expected a list of names, got {aliases!r}")
             for alias in aliases:
                 add(alias, strict=True)
-        return names
+        return names, qualified
+
+    @staticmethod
+    def _subnets(known: List[str], prev: Result) -> List[str]:
+        """The network's subnets (its clients), the ones of this attachment added."""
+        out = [str(s) for s in known]
+        for ip in prev.ips:
+            net = str(ip.address.network)
+            if net not in out:
+                out.append(net)
+        return out
+
+    @staticmethod
+    def _log_conflicts(ctx: Context, records, entry: Entry) -> None:
+        for name, owner, others in records.conflicts(entry):
+            ctx.log.event("dns_name_conflict", dns_name=name, owner=owner.container_id,
+                          qualified=name in owner.qualified, others=[e.container_id for e in others])
 
     def _upstreams(self, config: DnsConfig, listen: List[str]) -> List[str]:
         if config.upstreams is not None:
@@ -194,7 +224,8 @@ class DnsPlugin(Plugin):
         if not listen:
             raise CNIError(INVALID_CONFIG, "listenAddresses: none given and prevResult has no gateway "
                            "address (use a bridge with isGateway, or set listenAddresses)")
-        entry = Entry(ctx.inv.container_id, ctx.inv.ifname, self._names(ctx), self._container_ips(prev))
+        names, qualified = self._names(ctx)
+        entry = Entry(ctx.inv.container_id, ctx.inv.ifname, names, self._container_ips(prev), qualified=qualified)
         store = self._store(ctx)
         with store.locked():
             records = store.load()
@@ -205,7 +236,9 @@ class DnsPlugin(Plugin):
             else:  # a running server keeps its sockets; domain, ttl and upstreams follow the config
                 records.server.update({"domain": config.domain, "ttl": config.ttl,
                                        "upstreams": self._upstreams(config, records.server.get("listen", listen))})
+            records.server["subnets"] = self._subnets(records.server.get("subnets") or [], prev)
             records.put(entry)
+            self._log_conflicts(ctx, records, entry)
             store.save(records)
             if running is None:
                 try:

@@ -5,9 +5,15 @@ Layout of `<stateDir>/<network>/`:
                 (temp file + rename), so the server always reads a whole file
   lock          flock'ed by every writer (plugin ADD/DEL/GC, the server before it exits)
   server.pid    the server's pid, written by the server once its sockets are bound
+  generation    8 bytes, incremented after every save: the server maps it and compares it
+                per query (no syscall), so a name is served as soon as ADD returns
 
-Newest wins per name: an ADD takes its names away from older entries, so a later DEL
-of an older owner cannot remove a name the newer owner holds. Standard library only
+Authority (who answers for a name): every entry keeps all the names it claimed; the
+table picks one owner per name. A namespace-qualified name (`<pod>.<namespace>`, from
+K8S_POD_NAMESPACE) outranks any bare claim (a pod name or an alias) of the same text;
+among claims of the same rank the newest wins. A DEL removes only its own claims, so
+when the owner of a name leaves, the previous live claimant owns it again. The server
+answers from the table only under the network's domain. Standard library only
 (plugins import this on every verb; no dnslib, no pyroute2).
 """
 from __future__ import annotations
@@ -34,6 +40,8 @@ DEFAULT_STATE_DIR = "/run/pycni/dns"
 RECORDS = "records.json"
 LOCK = "lock"
 PIDFILE = "server.pid"
+GENERATION = "generation"
+GENERATION_SIZE = 8
 LOCK_TIMEOUT_SECONDS = 30.0
 
 _LABEL = re.compile(r"^[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?$")
@@ -75,22 +83,28 @@ def parse_hostport(text: str, default_port: int = 53) -> Tuple[str, int]:
 class Entry(Record):
     """The names and addresses one attachment (container ID + ifname) registered."""
 
-    __slots__ = ("container_id", "ifname", "names", "ips", "seq")
-    _defaults = {"seq": 0}
+    __slots__ = ("container_id", "ifname", "names", "ips", "seq", "qualified")
+    _defaults = {"seq": 0, "qualified": list}
     container_id: str
     ifname: str
-    names: List[str]
+    names: List[str]  # every name claimed, relative to the domain
     ips: List[str]
     seq: int
+    qualified: List[str]  # the names among `names` that are namespace-qualified (outrank bare claims)
 
     @classmethod
     def from_dict(cls, d: Dict[str, Any]) -> "Entry":
         return cls(str(d["id"]), str(d.get("ifname", "")), [str(n) for n in d.get("names", [])],
-                   [str(i) for i in d.get("ips", [])], int(d.get("seq", 0)))
+                   [str(i) for i in d.get("ips", [])], int(d.get("seq", 0)),
+                   [str(n) for n in d.get("qualified", [])])
 
     def to_dict(self) -> Dict[str, Any]:
         return {"id": self.container_id, "ifname": self.ifname, "names": self.names, "ips": self.ips,
-                "seq": self.seq}
+                "seq": self.seq, "qualified": self.qualified}
+
+    def rank(self, name: str) -> Tuple[bool, int]:
+        """How strong this entry's claim on `name` is: qualified first, then newest."""
+        return name in self.qualified, self.seq
 
     def matches(self, container_id: str, ifname: str) -> bool:
         return self.container_id == container_id and (not ifname or not self.ifname or self.ifname == ifname)
@@ -120,14 +134,32 @@ class Records(Record):
         return None
 
     def put(self, entry: Entry) -> None:
-        """Add or replace the attachment's entry; its names are taken away from every other entry."""
+        """Add or replace the attachment's entry (the newest claim of each of its names)."""
         self.remove(entry.container_id, entry.ifname)
-        taken = set(entry.names)
-        for other in self.entries:
-            other.names = [n for n in other.names if n not in taken]
         self.seq += 1
         entry.seq = self.seq
         self.entries.append(entry)
+
+    def owners(self) -> Dict[str, Entry]:
+        """name -> the entry that answers for it (see the module docstring)."""
+        owners: Dict[str, Entry] = {}
+        for entry in self.entries:
+            for name in entry.names:
+                current = owners.get(name)
+                if current is None or entry.rank(name) > current.rank(name):
+                    owners[name] = entry
+        return owners
+
+    def conflicts(self, entry: Entry) -> List[Tuple[str, Entry, List[Entry]]]:
+        """(name, owner, other live claimants) for each of `entry`'s names that others claim too."""
+        owners = self.owners()
+        out = []
+        for name in entry.names:
+            others = [e for e in self.entries if e is not entry and name in e.names]
+            if others:
+                owner = owners[name]
+                out.append((name, owner, [e for e in others + [entry] if e is not owner]))
+        return out
 
     def remove(self, container_id: str, ifname: str) -> bool:
         before = len(self.entries)
@@ -151,9 +183,10 @@ class Table(FrozenRecord):
 
     @classmethod
     def build(cls, records: Records) -> "Table":
+        owners = records.owners()
         names: Dict[str, Tuple[List[str], List[str]]] = {}
         ptr: Dict[str, List[str]] = {}
-        for entry in sorted(records.entries, key=lambda e: e.seq):  # later (newer) entries override
+        for entry in sorted(records.entries, key=lambda e: e.seq):  # a newer entry's address overrides
             v4: List[str] = []
             v6: List[str] = []
             for text in entry.ips:
@@ -162,10 +195,14 @@ class Table(FrozenRecord):
                 except ValueError:
                     continue
                 (v4 if addr.version == 4 else v6).append(str(addr))
-            for name in entry.names:
+            owned = [name for name in entry.names if owners.get(name) is entry]
+            for name in owned:
                 names[name] = (v4, v6)
             for addr_text in v4 + v6:
-                ptr[addr_text] = list(entry.names)
+                if owned:
+                    ptr[addr_text] = owned
+                else:  # this entry answers for no name: its address tells nothing
+                    ptr.pop(addr_text, None)
         return cls(names, ptr, len(records.entries))
 
 
@@ -195,6 +232,7 @@ class NetworkStore:
         self.records_path = os.path.join(self.dir, RECORDS)
         self.lock_path = os.path.join(self.dir, LOCK)
         self.pid_path = os.path.join(self.dir, PIDFILE)
+        self.generation_path = os.path.join(self.dir, GENERATION)
 
     def exists(self) -> bool:
         return os.path.isdir(self.dir)
@@ -240,7 +278,26 @@ class NetworkStore:
         return read_records(self.records_path)
 
     def save(self, records: Records) -> None:
-        """Replace records.json atomically; with no entries left the file is removed."""
+        """Replace records.json atomically (none left: remove it); then tell the server."""
+        self._write(records)
+        self.bump_generation()
+
+    def bump_generation(self) -> None:
+        """Count one change in the generation file, in place (the server has it mapped)."""
+        try:
+            fd = os.open(self.generation_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        except OSError:
+            return  # the server also stats records.json now and then
+        try:
+            old = os.pread(fd, GENERATION_SIZE, 0)
+            value = int.from_bytes(old, "little") + 1 if len(old) == GENERATION_SIZE else 1
+            os.pwrite(fd, (value % (1 << 63)).to_bytes(GENERATION_SIZE, "little"), 0)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+
+    def _write(self, records: Records) -> None:
         if not records.entries:
             try:
                 os.unlink(self.records_path)

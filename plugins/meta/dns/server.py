@@ -1,20 +1,29 @@
 """The pycni-dns server for one network: `main([netdir, ready_fd])`, started by dns_daemon.
 
-Serves UDP and TCP on the listen addresses in records.json: A, AAAA and PTR for the
-registered names (relative and under the domain), NXDOMAIN (authoritative, with an
-SOA) for other names inside the domain, and forwards everything else to the upstreams
-(relayed as-is except that the AA bit is cleared). Malformed queries get FORMERR when
-a header can be read, otherwise they are dropped; nothing a client sends ends the loop.
+Serves UDP and TCP on the listen addresses in records.json, to clients inside the
+network's subnets and the node itself only (others are dropped: see `Clients`).
+Under the network's domain it answers A, AAAA and PTR from the registered names and
+NXDOMAIN (authoritative, with an SOA) for the rest; PTR of the network's registered
+addresses too. Everything else, including any name outside the domain however a pod
+or alias is named, is forwarded to the upstreams (relayed as-is except that the ID is
+restored and the AA bit cleared). Malformed queries get FORMERR when a header can be
+read, otherwise they are dropped; nothing a client sends ends the loop.
 
-Record changes are picked up by a stat() of records.json before each answer (cheap):
-the file is replaced by rename, so the table swaps from one complete snapshot to the
-next, with no window where an existing name is unknown. When the network has no
-entries left the server exits (after taking the store's lock, so it never races an ADD).
+Speed: the answer to a query depends only on its bytes after the ID, so answers are
+kept per query (for the current table snapshot) and a repeated query costs a dict
+lookup and an ID patch. Record changes are seen through the store's generation
+counter, which the server maps into memory and compares per query (no syscall):
+records.json is replaced by rename, so the table swaps from one complete snapshot to
+the next, with no window where an existing name is unknown. Forwarding uses one
+long-lived socket per upstream with an ID map (see `Forwarder`). When the network
+has no entries left the server exits (after taking the store's lock, so it never
+races an ADD).
 """
 from __future__ import annotations
 
 import fcntl
 import ipaddress
+import mmap
 import os
 import random
 import selectors
@@ -23,20 +32,24 @@ import struct
 import sys
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Dict, List, Optional, Tuple
+from collections import OrderedDict
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from dnslib import AAAA, DNSRecord, PTR, QTYPE, RCODE, RR, SOA, A, DNSLabel
 
-from pycni.plugins.meta.dns.records import LOCK, PIDFILE, RECORDS, Table, parse_hostport, read_records
+from pycni.plugins.meta.dns.records import (
+    GENERATION, GENERATION_SIZE, LOCK, PIDFILE, RECORDS, Table, parse_hostport, read_records,
+)
 
 UDP_MAX = 512
 EDNS_MAX = 1232
+RECV_MAX = 4096  # a bigger UDP query is no query of ours: it arrives cut and gets FORMERR
 FORWARD_TIMEOUT = 2.0
-TCP_IDLE_TIMEOUT = 10.0
+TCP_CONNECTION_DEADLINE = 10.0  # a TCP client's whole connection, however it trickles
 MAX_TCP_CLIENTS = 64
-MAX_PENDING_FORWARDS = 512
+MAX_PENDING_FORWARDS = 1024
 REPLY_CACHE_SIZE = 4096
+CLIENT_CACHE_SIZE = 4096
 HOUSEKEEPING_SECONDS = 0.5
 IP_FREEBIND = 15
 IPV6_FREEBIND = 78
@@ -82,6 +95,12 @@ def _reverse_to_ip(qname: str) -> Optional[str]:
     return None
 
 
+def _wire_name_ok(label: DNSLabel) -> bool:
+    """RFC 1035 limits: labels of 1-63 octets, 255 octets in all (dnslib parses longer ones)."""
+    parts = label.label
+    return all(0 < len(p) <= 63 for p in parts) and sum(len(p) + 1 for p in parts) + 1 <= 255
+
+
 class Settings:
     """The server section of records.json, as the server uses it."""
 
@@ -91,18 +110,46 @@ class Settings:
         self.listen = [str(a) for a in raw.get("listen") or []]
         self.port = int(raw.get("port", 53))
         self.upstreams = [parse_hostport(str(u)) for u in raw.get("upstreams") or []]
+        self.subnets = []
+        for text in raw.get("subnets") or []:
+            try:
+                self.subnets.append(ipaddress.ip_network(str(text), strict=False))
+            except ValueError:
+                continue
+
+
+class Generation:
+    """The store's change counter, mapped read-only: a change costs no syscall to notice."""
+
+    def __init__(self, path: str) -> None:
+        self.map: Optional[mmap.mmap] = None
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+            try:
+                if os.fstat(fd).st_size < GENERATION_SIZE:
+                    os.pwrite(fd, bytes(GENERATION_SIZE), 0)
+                self.map = mmap.mmap(fd, GENERATION_SIZE, mmap.MAP_SHARED, mmap.PROT_READ)
+            finally:
+                os.close(fd)
+        except (OSError, ValueError):
+            self.map = None  # the periodic stat in housekeeping still sees changes
+
+    def read(self) -> bytes:
+        return self.map[:GENERATION_SIZE] if self.map is not None else b""
 
 
 class Resolver:
     """Turns a query into a reply from the current table, or says it must be forwarded."""
 
-    def __init__(self, records_path: str) -> None:
+    def __init__(self, records_path: str, generation: Optional[Generation] = None) -> None:
         self.records_path = records_path
+        self.generation = generation or Generation(os.path.join(os.path.dirname(records_path), GENERATION))
+        self.seen_generation = b"?"
         self._stamp: Optional[Tuple[int, int, int, int]] = None
         self._reload_lock = threading.Lock()
         self.table = Table({}, {}, 0)
         self.settings = Settings({})
-        # Local answers by query bytes after the ID; belongs to one table snapshot (swapped with it).
+        # Local answers by (query bytes after the ID, udp); belongs to one table snapshot (swapped with it).
         self.replies: Dict[Tuple[bytes, bool], bytes] = {}
         self.refresh()
 
@@ -113,12 +160,14 @@ class Resolver:
             return None
         return (st.st_ino, st.st_mtime_ns, st.st_size, st.st_ctime_ns)
 
+    def changed(self) -> bool:
+        """Cheap: has a writer counted a change since the last refresh?"""
+        return self.generation.read() != self.seen_generation
+
     def refresh(self) -> None:
         """Swap in the records file's content if it changed since the last look."""
-        stamp = self._current_stamp()
-        if stamp == self._stamp:
-            return
         with self._reload_lock:
+            self.seen_generation = self.generation.read()  # before reading: a later change is seen next time
             stamp = self._current_stamp()
             if stamp == self._stamp:
                 return
@@ -130,16 +179,21 @@ class Resolver:
     def resolve(self, data: bytes, udp: bool) -> Tuple[Optional[bytes], bool]:
         """(reply bytes or None, True when the query is to be forwarded instead)."""
         data = bytes(data)
-        self.refresh()
+        if self.generation.read() != self.seen_generation:
+            self.refresh()
         replies = self.replies
-        cached = replies.get((data[2:], udp))
+        key = (data[2:], udp)
+        cached = replies.get(key)
         if cached is not None:
             return data[:2] + cached, False
-        reply, forward = self._resolve(data, udp)
+        try:
+            reply, forward = self._resolve(data, udp)
+        except Exception:  # a reply we cannot build is a failure of ours, never silence
+            return header_only_reply(data, RCODE.SERVFAIL), False
         if reply is not None and not forward and len(data) >= 12:
             if len(replies) >= REPLY_CACHE_SIZE:
                 replies.clear()
-            replies[(data[2:], udp)] = reply[2:]
+            replies[key] = reply[2:]
         return reply, forward
 
     def _resolve(self, data: bytes, udp: bool) -> Tuple[Optional[bytes], bool]:
@@ -152,7 +206,7 @@ class Resolver:
             return None, False
         if header.opcode != 0:
             return self._pack(request, request.reply(ra=1, aa=0), RCODE.NOTIMP, udp), False
-        if len(request.questions) != 1:
+        if len(request.questions) != 1 or not _wire_name_ok(request.questions[0].qname):
             return header_only_reply(data, RCODE.FORMERR), False
         question = request.questions[0]
         qname = str(question.qname).lower().rstrip(".")
@@ -168,23 +222,20 @@ class Resolver:
                     reply.add_answer(RR(question.qname, QTYPE.PTR, ttl=settings.ttl,
                                         rdata=PTR(DNSLabel(f"{name}.{domain}."))))
                 return self._pack(request, reply, RCODE.NOERROR, udp), False
+        if qname == domain:
+            relative = ""
+        elif qname.endswith("." + domain):
+            relative = qname[: -len(domain) - 1]
+        else:  # outside the domain nothing is ours, whatever a pod or an alias is called
             return None, True
-        if qname == domain or qname.endswith("." + domain):
-            relative = qname[: -len(domain) - 1] if qname != domain else ""
-            inside = True
-        else:
-            relative, inside = qname, False
         addrs = table.names.get(relative) if relative else None
+        reply = request.reply(ra=1, aa=1)
         if addrs is None:
-            if not inside:
-                return None, True
-            reply = request.reply(ra=1, aa=1)
             if not relative and question.qtype in (QTYPE.SOA, QTYPE.ANY):
                 reply.add_answer(self._soa(settings))
                 return self._pack(request, reply, RCODE.NOERROR, udp), False
             reply.add_auth(self._soa(settings))
             return self._pack(request, reply, RCODE.NOERROR if not relative else RCODE.NXDOMAIN, udp), False
-        reply = request.reply(ra=1, aa=1)
         qtype = question.qtype
         if qtype in (QTYPE.A, QTYPE.ANY):
             for ip in addrs[0]:
@@ -220,56 +271,208 @@ class Resolver:
         return data
 
 
+class Clients:
+    """Who may ask: addresses inside the network's subnets, and the node itself.
+
+    The server listens on the bridge's address, which anything routed to the node can
+    reach (other nodes, traffic through pycni-agent): without this it would be an open
+    resolver. Outsiders are dropped, not answered REFUSED: a UDP source can be forged,
+    and silence reflects nothing at a victim; a TCP outsider is closed at accept.
+    "The node itself" is any address the kernel takes as local (bind() succeeds without
+    FREEBIND); decisions are cached per source address.
+    """
+
+    def __init__(self) -> None:
+        self.decisions: Dict[str, bool] = {}
+        self.subnets: List[Any] = []
+
+    def update(self, settings: Settings, table: Table) -> None:
+        subnets = list(settings.subnets)
+        for text in table.ptr:  # registered addresses count even if their subnet was not recorded
+            subnets.append(ipaddress.ip_network(text))
+        self.subnets = subnets
+        self.decisions = {}
+
+    def allowed(self, host: str) -> bool:
+        decision = self.decisions.get(host)
+        if decision is None:
+            decision = self._decide(host)
+            if len(self.decisions) >= CLIENT_CACHE_SIZE:
+                self.decisions = {}
+            self.decisions[host] = decision
+        return decision
+
+    def _decide(self, host: str) -> bool:
+        try:
+            addr = ipaddress.ip_address(host.split("%")[0])
+        except ValueError:
+            return False
+        if addr.is_loopback or any(addr in net for net in self.subnets):
+            return True
+        return _is_local_address(addr)
+
+
+def _is_local_address(addr: Any) -> bool:
+    family = socket.AF_INET6 if addr.version == 6 else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_DGRAM) as probe:
+            probe.bind((str(addr), 0))
+        return True
+    except OSError:
+        return False
+
+
 class Forwarder:
-    """Relays a query to the upstreams in order; returns the upstream's reply (AA cleared)."""
+    """Relays queries to the upstreams over one long-lived UDP socket per upstream.
 
-    def __init__(self, resolver: Resolver) -> None:
+    Each forwarded query gets a fresh random ID on the upstream socket (mapped back to
+    the client's); a reply is taken only from the upstream it was sent to, with a known
+    ID and the same question. A query the first upstream does not answer in
+    FORWARD_TIMEOUT goes to the next; after the last, the client gets SERVFAIL. A TCP
+    client that gets a truncated reply is served over TCP (a fresh connection, rare).
+    """
+
+    def __init__(self, resolver: Resolver, selector: selectors.BaseSelector) -> None:
         self.resolver = resolver
+        self.selector = selector
+        self.lock = threading.Lock()
+        self.sockets: Dict[Tuple[str, int], socket.socket] = {}
+        self.pending: "OrderedDict[Tuple[Tuple[str, int], int], list]" = OrderedDict()
 
-    def forward(self, data: bytes, tcp: bool) -> Optional[bytes]:
-        qid = data[:2]
-        for host, port in self.resolver.settings.upstreams:
-            reply = None
-            try:
-                reply = self._udp(host, port, data)
-                if reply is not None and tcp and reply[2] & 0x02:  # truncated: a TCP client gets it whole
-                    reply = self._tcp(host, port, data)
-            except (OSError, ValueError):
-                reply = None
-            if reply is not None and len(reply) >= 12:
-                return qid + bytes([reply[2] & ~0x04]) + reply[3:]
-        return servfail(data)
+    def _socket(self, upstream: Tuple[str, int]) -> socket.socket:
+        sock = self.sockets.get(upstream)
+        if sock is None:
+            family = socket.AF_INET6 if ":" in upstream[0] else socket.AF_INET
+            sock = socket.socket(family, socket.SOCK_DGRAM)
+            sock.setblocking(False)
+            sock.connect(upstream)
+            self.sockets[upstream] = sock
+            self.selector.register(sock, selectors.EVENT_READ, self._on_reply)
+        return sock
 
-    @staticmethod
-    def _udp(host: str, port: int, data: bytes) -> Optional[bytes]:
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        new_id = random.getrandbits(16)
-        query = struct.pack("!H", new_id) + data[2:]
-        with socket.socket(family, socket.SOCK_DGRAM) as sock:
-            sock.connect((host, port))
-            sock.sendall(query)
-            deadline = time.monotonic() + FORWARD_TIMEOUT
-            while True:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return None
-                sock.settimeout(remaining)
+    def forward(self, data: bytes, tcp: bool, deliver: Callable[[Optional[bytes]], None]) -> None:
+        """Send `data` upstream; `deliver(reply)` is called once (from the serving thread)."""
+        self._send(data, tcp, deliver, 0)
+
+    def _send(self, data: bytes, tcp: bool, deliver: Callable[[Optional[bytes]], None], index: int) -> None:
+        upstreams = self.resolver.settings.upstreams
+        while index < len(upstreams):
+            upstream = upstreams[index]
+            with self.lock:
+                if len(self.pending) >= MAX_PENDING_FORWARDS:
+                    deliver(None)  # overloaded: drop, the client retries
+                    return
                 try:
-                    reply = sock.recv(65535)
-                except socket.timeout:
-                    return None
-                if len(reply) >= 12 and struct.unpack("!H", reply[:2])[0] == new_id and reply[2] & 0x80:
-                    return reply
+                    sock = self._socket(upstream)
+                except OSError:
+                    index += 1
+                    continue
+                for _ in range(16):
+                    new_id = random.getrandbits(16)
+                    if (upstream, new_id) not in self.pending:
+                        break
+                else:
+                    deliver(None)
+                    return
+                self.pending[(upstream, new_id)] = [time.monotonic() + FORWARD_TIMEOUT, data, tcp, deliver, index]
+            try:
+                sock.send(struct.pack("!H", new_id) + data[2:])
+                return
+            except OSError:
+                with self.lock:
+                    self.pending.pop((upstream, new_id), None)
+                index += 1
+        deliver(servfail(data))
 
-    @staticmethod
-    def _tcp(host: str, port: int, data: bytes) -> Optional[bytes]:
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        with socket.socket(family, socket.SOCK_STREAM) as sock:
-            sock.settimeout(FORWARD_TIMEOUT)
-            sock.connect((host, port))
-            sock.sendall(struct.pack("!H", len(data)) + data)
-            length = struct.unpack("!H", _recv_exact(sock, 2))[0]
-            return _recv_exact(sock, length)
+    def _on_reply(self, sock: socket.socket) -> None:
+        upstream = sock.getpeername()[:2]
+        for _ in range(64):
+            try:
+                reply = sock.recv(65535)
+            except OSError:  # nothing more (or an ICMP error: the timeout moves on)
+                return
+            if len(reply) < 12 or not reply[2] & 0x80:
+                continue
+            key = (upstream, struct.unpack("!H", reply[:2])[0])
+            with self.lock:
+                job = self.pending.get(key)
+                if job is None or not _same_question(job[1], reply):
+                    continue
+                del self.pending[key]
+            _, data, tcp, deliver, index = job
+            if tcp and reply[2] & 0x02:  # truncated: a TCP client gets it whole
+                try:
+                    reply = _tcp_exchange(upstream, data)
+                except (OSError, ValueError, struct.error):
+                    self._send(data, tcp, deliver, index + 1)
+                    continue
+            deliver(data[:2] + bytes([reply[2] & ~0x04]) + reply[3:])
+
+    def expire(self) -> float:
+        """Move on from upstreams that did not answer in time; seconds until the next deadline."""
+        now = time.monotonic()
+        late = []
+        with self.lock:
+            while self.pending:
+                key, job = next(iter(self.pending.items()))
+                if job[0] > now:
+                    break
+                del self.pending[key]
+                late.append(job)
+            nearest = next(iter(self.pending.values()))[0] - now if self.pending else HOUSEKEEPING_SECONDS
+        for _, data, tcp, deliver, index in late:
+            self._send(data, tcp, deliver, index + 1)
+        return max(0.0, nearest)
+
+    def close_stale(self) -> None:
+        """Close sockets of upstreams no longer configured."""
+        wanted = set(self.resolver.settings.upstreams)
+        with self.lock:
+            for upstream in [u for u in self.sockets if u not in wanted]:
+                sock = self.sockets.pop(upstream)
+                self.selector.unregister(sock)
+                sock.close()
+
+
+def _same_question(query: bytes, reply: bytes) -> bool:
+    """The reply's question section starts like the query's (counts and name, type, class)."""
+    end = query.find(b"\x00", 12)
+    if end < 0 or end + 5 > len(query):
+        return False
+    return reply[4:6] == query[4:6] and reply[12:end + 5].lower() == query[12:end + 5].lower()
+
+
+def _tcp_exchange(upstream: Tuple[str, int], data: bytes) -> bytes:
+    family = socket.AF_INET6 if ":" in upstream[0] else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.settimeout(FORWARD_TIMEOUT)
+        sock.connect(upstream)
+        sock.sendall(struct.pack("!H", len(data)) + data)
+        length = struct.unpack("!H", _recv_exact(sock, 2))[0]
+        return _recv_exact(sock, length)
+
+
+def _recv_until(sock: socket.socket, n: int, deadline: float) -> bytes:
+    """Exactly n bytes, all of them before `deadline` (a total, not a per-recv, limit)."""
+    buf = b""
+    while len(buf) < n:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError("connection deadline passed")
+        sock.settimeout(remaining)
+        chunk = sock.recv(n - len(buf))
+        if not chunk:
+            raise ConnectionError("connection closed")
+        buf += chunk
+    return buf
+
+
+def _shutdown(conn: socket.socket) -> None:
+    """Wake the connection's thread out of recv(); it closes the socket itself."""
+    try:
+        conn.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
 
 
 def _recv_exact(sock: socket.socket, n: int) -> bytes:
@@ -310,11 +513,12 @@ class Server:
     def __init__(self, netdir: str) -> None:
         self.netdir = netdir
         self.resolver = Resolver(os.path.join(netdir, RECORDS))
-        self.forwarder = Forwarder(self.resolver)
-        self.pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="fwd")
-        self.pending = threading.BoundedSemaphore(MAX_PENDING_FORWARDS)
-        self.tcp_slots = threading.BoundedSemaphore(MAX_TCP_CLIENTS)
         self.selector = selectors.DefaultSelector()
+        self.forwarder = Forwarder(self.resolver, self.selector)
+        self.clients = Clients()
+        self.clients_of: Optional[Table] = None  # the table `clients` was last built from
+        self.tcp_lock = threading.Lock()
+        self.tcp_conns: "OrderedDict[socket.socket, float]" = OrderedDict()  # oldest first
         self.sockets: List[socket.socket] = []
 
     def bind(self) -> None:
@@ -332,69 +536,89 @@ class Server:
                 self.sockets.append(sock)
                 self.selector.register(sock, selectors.EVENT_READ, handler)
 
+    def _allowed(self, host: str) -> bool:
+        if self.clients_of is not self.resolver.table:
+            self.clients.update(self.resolver.settings, self.resolver.table)
+            self.clients_of = self.resolver.table
+        return self.clients.allowed(host)
+
     # --- UDP -------------------------------------------------------------------------------
     def _on_udp(self, sock: socket.socket) -> None:
+        """The hot path: a batch of queries; repeated ones are answered from `resolver.replies`."""
+        resolver = self.resolver
+        recvfrom, sendto = sock.recvfrom, sock.sendto
         for _ in range(64):  # drain a batch, then let other sockets have a turn
             try:
-                data, addr = sock.recvfrom(65535)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError:
+                data, addr = recvfrom(RECV_MAX)
+            except OSError:  # nothing left (BlockingIOError) or a transient error
                 return
             try:
-                reply, forward = self.resolver.resolve(data, udp=True)
+                if resolver.changed():
+                    resolver.refresh()
+                if not self._allowed(addr[0]):
+                    continue
+                cached = resolver.replies.get((data[2:], True))
+                if cached is not None:
+                    sendto(data[:2] + cached, addr)
+                    continue
+                reply, forward = resolver.resolve(data, udp=True)
                 if forward:
-                    self._forward_udp(sock, data, addr)
+                    self.forwarder.forward(data, False, lambda r, a=addr: r is not None and sendto(r, a))
                 elif reply is not None:
-                    sock.sendto(reply, addr)
+                    sendto(reply, addr)
             except Exception:
                 continue  # one bad packet never stops the server
-
-    def _forward_udp(self, sock: socket.socket, data: bytes, addr: Any) -> None:
-        if not self.pending.acquire(blocking=False):
-            return  # overloaded: drop, the client retries
-
-        def job() -> None:
-            try:
-                reply = self.forwarder.forward(data, tcp=False)
-                if reply is not None:
-                    sock.sendto(reply, addr)
-            except Exception:
-                pass
-            finally:
-                self.pending.release()
-
-        self.pool.submit(job)
 
     # --- TCP -------------------------------------------------------------------------------
     def _on_accept(self, sock: socket.socket) -> None:
         try:
-            conn, _ = sock.accept()
+            conn, addr = sock.accept()
         except OSError:
             return
-        if not self.tcp_slots.acquire(blocking=False):
+        if not self._allowed(addr[0]):
             conn.close()
             return
+        with self.tcp_lock:
+            if len(self.tcp_conns) >= MAX_TCP_CLIENTS:  # full: the oldest connection makes room
+                oldest = next(iter(self.tcp_conns))
+                del self.tcp_conns[oldest]
+                _shutdown(oldest)
+            self.tcp_conns[conn] = time.monotonic() + TCP_CONNECTION_DEADLINE
         threading.Thread(target=self._tcp_client, args=(conn,), daemon=True).start()
 
     def _tcp_client(self, conn: socket.socket) -> None:
+        """One TCP client, until it closes, errs, or its connection deadline passes."""
+        deadline = time.monotonic() + TCP_CONNECTION_DEADLINE
         try:
             conn.setblocking(True)
-            conn.settimeout(TCP_IDLE_TIMEOUT)
             while True:
-                length = struct.unpack("!H", _recv_exact(conn, 2))[0]
-                data = _recv_exact(conn, length)
+                length = struct.unpack("!H", _recv_until(conn, 2, deadline))[0]
+                data = _recv_until(conn, length, deadline)
                 reply, forward = self.resolver.resolve(data, udp=False)
                 if forward:
-                    reply = self.forwarder.forward(data, tcp=True)
+                    reply = self._forward_and_wait(data, deadline)
                 if reply is None:
                     return  # nothing sensible to say: drop the connection
+                conn.settimeout(max(0.001, deadline - time.monotonic()))
                 conn.sendall(struct.pack("!H", len(reply)) + reply)
         except Exception:
             pass
         finally:
+            with self.tcp_lock:
+                self.tcp_conns.pop(conn, None)
             conn.close()
-            self.tcp_slots.release()
+
+    def _forward_and_wait(self, data: bytes, deadline: float) -> Optional[bytes]:
+        done = threading.Event()
+        box: List[Optional[bytes]] = [None]
+
+        def deliver(reply: Optional[bytes]) -> None:
+            box[0] = reply
+            done.set()
+
+        self.forwarder.forward(data, True, deliver)
+        done.wait(max(0.0, deadline - time.monotonic()))
+        return box[0]
 
     # --- lifecycle -----------------------------------------------------------------------
     def _should_exit(self) -> bool:
@@ -433,17 +657,28 @@ class Server:
 
     def serve(self) -> None:
         next_check = 0.0
+        timeout = HOUSEKEEPING_SECONDS
         while True:
             try:
-                for key, _ in self.selector.select(timeout=HOUSEKEEPING_SECONDS):
+                for key, _ in self.selector.select(timeout=timeout):
                     key.data(key.fileobj)
+                timeout = min(HOUSEKEEPING_SECONDS, self.forwarder.expire())
                 now = time.monotonic()
                 if now >= next_check:
                     next_check = now + HOUSEKEEPING_SECONDS
+                    self._expire_tcp(now)
+                    self.forwarder.close_stale()
                     if self._should_exit():
                         return
             except Exception:
                 time.sleep(0.01)  # never die on a surprise; avoid a hot loop if it repeats
+
+    def _expire_tcp(self, now: float) -> None:
+        """Belt and braces for the per-connection deadline: wake threads past theirs."""
+        with self.tcp_lock:
+            late = [conn for conn, deadline in self.tcp_conns.items() if deadline + 1.0 < now]
+        for conn in late:
+            _shutdown(conn)
 
 
 def main(argv: List[str]) -> int:
