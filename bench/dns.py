@@ -1,196 +1,213 @@
-"""Benchmark pycni-dns against dnsmasq: `python3 bench/dns.py` (as root; builds dist/bin first if missing).
+"""Benchmark pycni-dns against dnsmasq with dnsperf: `python3 bench/dns.py [--rounds N] [--seconds S] [--bin DIR]`.
 
-Both serve the same 20 names on loopback, in the same run:
-  - pycni-dns: registered by exec'ing the built zipapp (ADD) with /usr/bin/python3, as a node would;
-  - dnsmasq: the same names from a hosts file (`--addn-hosts`).
-Forwarded names go to a third process, an upstream dnsmasq answering `fwd*.example.test`
-from its own hosts file. The dnsmasq under test runs with `--cache-size=0` so that it
-forwards every query as pycni-dns does (pycni-dns has no cache); a second run with
-dnsmasq's default cache is printed for reference.
+As root; builds dist/bin first if missing. Both servers run on the node (host netns),
+on the gateway address of a veth whose other end is a pod netns; dnsperf runs in the
+pod netns (4 clients, 50 outstanding queries), as a pod's resolver would reach them:
+  - pycni-dns: 10 pods registered by exec'ing the built zipapp (ADD) with /usr/bin/python3;
+  - dnsmasq: the same 10 names from a hosts file, `--cache-size=0`, `--local=/<domain>/`.
+Query mix for local names: each registered name plus one missing name in the domain
+(what search suffixes cause). Forwarded names go to a third server, an upstream dnsmasq
+on the node's loopback answering `fwd*.example.test` from its hosts file; both servers
+under test forward every query to it (pycni-dns has no cache, dnsmasq runs without one).
 
-Latency: sequential queries, one at a time (median and p99). Throughput: one client
-socket keeping WINDOW queries in flight for SECONDS; the Python client itself tops
-out at some tens of thousands of queries per second, so dnsmasq's figure is a floor.
+Scenarios, interleaved round by round (the two servers alternate, so drift hits both):
+  max qps (local names), average latency at a steady 1,000 qps (local and forwarded).
+Prints medians over the rounds, the pycni-dns/dnsmasq ratio and every lost query.
+Not a test: it asserts nothing.
 """
 from __future__ import annotations
 
+import argparse
+import ipaddress
 import json
 import os
+import random
+import re
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
 from typing import Dict, List, Tuple
 
 ROOT = Path(__file__).resolve().parent.parent
-BIN = ROOT / "dist" / "bin"
 NODE_PYTHON = "/usr/bin/python3"
 DNSMASQ = shutil.which("dnsmasq") or "/usr/sbin/dnsmasq"
-NAMES = 20
-LATENCY_QUERIES = 2000
-WINDOW = 32
-SECONDS = 3.0
+DNSPERF = shutil.which("dnsperf") or "/usr/bin/dnsperf"
+PODS = 10
 DOMAIN = "dns.pycni"
-CACHE_DIR = ""  # set in main: a private byte-code cache, removed afterwards
-
-sys.path.insert(0, str(ROOT / "bench"))
-try:
-    from dnslib import DNSRecord
-except ImportError:  # dnslib from the built zipapp's payload
-    sys.exit("bench/dns.py needs dnslib importable (pip install dnslib)")
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+DNSMASQ_PORT = 5353
+SCENARIOS = (  # (label, query kind, dnsperf -Q rate or 0 for as fast as it goes)
+    ("max qps, local names", "local", 0),
+    ("latency at 1,000 qps, local names", "local", 1000),
+    ("latency at 1,000 qps, forwarded names", "forwarded", 1000),
+)
+_PERF_FIELDS = {"sent": r"Queries sent:\s+(\d+)", "completed": r"Queries completed:\s+(\d+)",
+                "lost": r"Queries lost:\s+(\d+)", "qps": r"Queries per second:\s+([\d.]+)",
+                "latency": r"Average Latency \(s\):\s+([\d.]+)"}
 
 
-def start_dnsmasq(port: int, hosts: Path, upstream_port: int = 0, cache: int = 0) -> subprocess.Popen:
+def sh(*cmd: str, check: bool = True) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, check=check, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def free_subnet() -> ipaddress.IPv4Network:
+    routes = sh("ip", "-4", "route", "show", "table", "all").stdout.decode()
+    used = [ipaddress.ip_network(m, strict=False) for m in re.findall(r"(\d+\.\d+\.\d+\.\d+/\d+)", routes)]
+    for _ in range(100):
+        net = ipaddress.ip_network(f"10.{random.randint(128, 254)}.{random.randint(0, 255)}.0/24")
+        if not any(net.overlaps(u) for u in used):
+            return net
+    raise RuntimeError("no free subnet")
+
+
+class PodNet:
+    """A pod netns joined to the node by a veth; the node side holds the gateway address."""
+
+    def __init__(self) -> None:
+        tag = uuid.uuid4().hex[:8]
+        self.ns, self.host_if, self.pod_if = f"dnsb{tag}", f"dbh{tag}", f"dbp{tag}"
+        self.subnet = free_subnet()
+        self.gateway = str(self.subnet.network_address + 1)
+        pod_ip = f"{self.subnet.network_address + 2}/{self.subnet.prefixlen}"
+        sh("ip", "netns", "add", self.ns)
+        sh("ip", "link", "add", self.host_if, "type", "veth", "peer", "name", self.pod_if, "netns", self.ns)
+        sh("ip", "addr", "add", f"{self.gateway}/{self.subnet.prefixlen}", "dev", self.host_if)
+        sh("ip", "link", "set", self.host_if, "up")
+        for cmd in (("ip", "addr", "add", pod_ip, "dev", self.pod_if), ("ip", "link", "set", self.pod_if, "up"),
+                    ("ip", "link", "set", "lo", "up")):
+            sh("ip", "netns", "exec", self.ns, *cmd)
+
+    def pod_ip(self, index: int) -> str:
+        return str(self.subnet.network_address + 100 + index)
+
+    def close(self) -> None:
+        sh("ip", "link", "del", self.host_if, check=False)
+        sh("ip", "netns", "del", self.ns, check=False)
+
+
+def start_dnsmasq(listen: str, port: int, hosts: Path, upstream: str = "", cache: int = 0) -> subprocess.Popen:
     args = [DNSMASQ, "--keep-in-foreground", "--conf-file=/dev/null", "--no-hosts", "--no-resolv",
-            "--bind-interfaces", "--listen-address=127.0.0.1", f"--port={port}", f"--addn-hosts={hosts}",
-            f"--cache-size={cache}", "--user=root", "--pid-file=", "--log-facility=/dev/null"]
-    if upstream_port:
-        args.append(f"--server=127.0.0.1#{upstream_port}")
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_answering(port, "fwd0.example.test" if not upstream_port else f"pod0.{DOMAIN}")
-    return proc
+            "--bind-interfaces", f"--listen-address={listen}", f"--port={port}", f"--addn-hosts={hosts}",
+            f"--cache-size={cache}", "--user=root", "--pid-file=", "--log-facility=/dev/null",
+            f"--local=/{DOMAIN}/"]
+    if upstream:
+        args.append(f"--server={upstream}")
+    return subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-def wait_answering(port: int, name: str) -> None:
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        if ask(port, name) is not None:
-            return
-        time.sleep(0.05)
-    raise RuntimeError(f"nothing answers {name} on port {port}")
-
-
-def ask(port: int, name: str, timeout: float = 0.5):
-    q = DNSRecord.question(name)
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.settimeout(timeout)
-        try:
-            s.sendto(q.pack(), ("127.0.0.1", port))
-            return DNSRecord.parse(s.recv(4096))
-        except OSError:
-            return None
-
-
-def queries(names: List[str]) -> List[bytes]:
-    return [DNSRecord.question(n).pack() for n in names]
-
-
-def latency(port: int, packets: List[bytes]) -> Tuple[float, float]:
-    times = []
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.connect(("127.0.0.1", port))
-        s.settimeout(2)
-        for i in range(LATENCY_QUERIES):
-            pkt = packets[i % len(packets)]
-            t0 = time.perf_counter()
-            s.send(pkt)
-            while s.recv(4096)[:2] != pkt[:2]:
-                pass
-            times.append(time.perf_counter() - t0)
-    times.sort()
-    return statistics.median(times) * 1e6, times[int(len(times) * 0.99)] * 1e6
-
-
-def throughput(port: int, packets: List[bytes]) -> float:
-    done = 0
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.connect(("127.0.0.1", port))
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
-        s.settimeout(0.5)
-        inflight = 0
-        i = 0
-        end = time.perf_counter() + SECONDS
-        start = time.perf_counter()
-        while time.perf_counter() < end:
-            while inflight < WINDOW:
-                s.send(packets[i % len(packets)])
-                i += 1
-                inflight += 1
-            try:
-                s.recv(4096)
-                done += 1
-                inflight -= 1
-            except socket.timeout:
-                inflight = 0  # lost ones: refill the window
-        elapsed = time.perf_counter() - start
-    return done / elapsed
-
-
-def plugin(command: str, cid: str, conf: Dict, args: str = "") -> None:
-    env = {"PATH": "/usr/bin:/bin", "CNI_COMMAND": command, "CNI_CONTAINERID": cid, "CNI_IFNAME": "eth0",
-           "CNI_NETNS": "/proc/self/ns/net", "CNI_ARGS": args, "PYCNI_CACHE_DIR": CACHE_DIR}
-    proc = subprocess.run([NODE_PYTHON, str(BIN / "pycni-dns")], input=json.dumps(conf).encode(), env=env,
+def plugin(bin_dir: Path, cache_dir: str, command: str, cid: str, conf: Dict, netns: str, args: str = "") -> None:
+    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "CNI_COMMAND": command, "CNI_CONTAINERID": cid,
+           "CNI_IFNAME": "eth0", "CNI_NETNS": f"/var/run/netns/{netns}", "CNI_ARGS": args,
+           "PYCNI_CACHE_DIR": cache_dir, "PYCNI_SERVER_SOCKET": "off"}
+    proc = subprocess.run([NODE_PYTHON, str(bin_dir / "pycni-dns")], input=json.dumps(conf).encode(), env=env,
                           stdout=subprocess.PIPE, cwd="/")
     if proc.returncode:
         raise RuntimeError(f"pycni-dns {command} failed: {proc.stdout.decode()}")
 
 
+def dnsperf(ns: str, server: str, port: int, queries: Path, seconds: float, rate: int) -> Dict[str, float]:
+    cmd = ["ip", "netns", "exec", ns, DNSPERF, "-s", server, "-p", str(port), "-d", str(queries),
+           "-c", "4", "-q", "50", "-l", str(seconds), "-t", "2"]
+    if rate:
+        cmd += ["-Q", str(rate)]
+    text = sh(*cmd, check=False).stdout.decode()
+    out = {}
+    for key, pattern in _PERF_FIELDS.items():
+        m = re.search(pattern, text)
+        if not m:
+            raise RuntimeError(f"dnsperf printed no {key}:\n{text[-2000:]}")
+        out[key] = float(m.group(1))
+    return out
+
+
+def wait_answering(ns: str, server: str, port: int, queries: Path) -> None:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            if dnsperf(ns, server, port, queries, 0.3, 50)["completed"] > 0:
+                return
+        except RuntimeError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"nothing answers on {server} port {port}")
+
+
 def main() -> None:
-    if not (BIN / "pycni-dns").exists():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--seconds", type=float, default=5.0, help="per dnsperf run")
+    parser.add_argument("--bin", type=Path, default=ROOT / "dist" / "bin", help="where pycni-dns is")
+    opts = parser.parse_args()
+    if not (opts.bin / "pycni-dns").exists():
         subprocess.run([sys.executable, str(ROOT / "zipapp" / "build.py")], check=True)
-    global CACHE_DIR
     tmp = Path(tempfile.mkdtemp(prefix="pycni-dns-bench-"))
     tmp.chmod(0o755)
-    CACHE_DIR = str(tmp / "cache")
+    cache_dir = str(tmp / "cache")
     procs: List[subprocess.Popen] = []
-    up_port, mine_port, theirs_port, cached_port = (free_port() for _ in range(4))
-    conf = {"cniVersion": "1.1.0", "name": "bench", "type": "pycni-dns", "stateDir": str(tmp / "state"),
-            "listenAddresses": ["127.0.0.1"], "port": mine_port, "upstreams": [f"127.0.0.1:{up_port}"]}
-    ips = [f"10.77.0.{10 + i}" for i in range(NAMES)]
+    pod = PodNet()
+    up_port = random.randint(20000, 60000)
+    conf = {"cniVersion": "1.1.0", "name": f"bench{uuid.uuid4().hex[:6]}", "type": "pycni-dns",
+            "stateDir": str(tmp / "state"), "listenAddresses": [pod.gateway], "port": 53,
+            "upstreams": [f"127.0.0.1:{up_port}"]}
     try:
-        (tmp / "upstream.hosts").write_text("".join(f"192.0.2.{i + 1} fwd{i}.example.test\n" for i in range(NAMES)))
-        (tmp / "local.hosts").write_text("".join(f"{ip} pod{i}.{DOMAIN} pod{i}\n" for i, ip in enumerate(ips)))
-        procs.append(start_dnsmasq(up_port, tmp / "upstream.hosts"))
-        procs.append(start_dnsmasq(theirs_port, tmp / "local.hosts", up_port, cache=0))
-        procs.append(start_dnsmasq(cached_port, tmp / "local.hosts", up_port, cache=150))
-        plugin("VERSION", "warm", conf)  # unpack + byte-compile the zipapp's payload once
-        add_times = []
-        for i, ip in enumerate(ips):
-            prev = {"cniVersion": "1.1.0", "ips": [{"address": f"{ip}/24", "gateway": "10.77.0.1"}]}
-            t0 = time.perf_counter()
-            plugin("ADD", f"bench{i}", {**conf, "prevResult": prev}, f"K8S_POD_NAME=pod{i}")
-            add_times.append((time.perf_counter() - t0) * 1000)
-        wait_answering(mine_port, f"pod0.{DOMAIN}")
-        local = queries([f"pod{i}.{DOMAIN}" for i in range(NAMES)])
-        forwarded = queries([f"fwd{i}.example.test" for i in range(NAMES)])
-        rows = []
-        for label, port in (("pycni-dns", mine_port), ("dnsmasq cache=0", theirs_port),
-                            ("dnsmasq cache=150", cached_port)):
-            for kind, packets in (("registered", local), ("forwarded", forwarded)):
-                med, p99 = latency(port, packets)
-                qps = throughput(port, packets)
-                rows.append((label, kind, med, p99, qps))
-        print(f"pycni-dns ADD (exec of the zipapp): first (starts the server) {add_times[0]:.0f} ms, "
-              f"median of the rest {statistics.median(add_times[1:]):.0f} ms; load average {os.getloadavg()[0]:.1f}\n")
-        print(f"{'server':<20}{'names':<12}{'median us':>10}{'p99 us':>10}{'qps':>10}")
-        for label, kind, med, p99, qps in rows:
-            print(f"{label:<20}{kind:<12}{med:>10.0f}{p99:>10.0f}{qps:>10.0f}")
-        by = {(r[0], r[1]): r for r in rows}
-        print()
-        for kind in ("registered", "forwarded"):
-            ours, theirs = by[("pycni-dns", kind)], by[("dnsmasq cache=0", kind)]
-            print(f"{kind}: latency ratio pycni-dns/dnsmasq = {ours[2] / theirs[2]:.2f}x, "
-                  f"qps ratio = {ours[4] / theirs[4]:.2f}x")
+        (tmp / "upstream.hosts").write_text("".join(f"192.0.2.{i + 1} fwd{i}.example.test\n" for i in range(PODS)))
+        (tmp / "local.hosts").write_text("".join(f"{pod.pod_ip(i)} pod{i}.{DOMAIN}\n" for i in range(PODS)))
+        queries = {"local": tmp / "local.queries", "forwarded": tmp / "forwarded.queries"}
+        queries["local"].write_text("".join(f"pod{i}.{DOMAIN} A\n" for i in range(PODS)) + f"missing.{DOMAIN} A\n")
+        queries["forwarded"].write_text("".join(f"fwd{i}.example.test A\n" for i in range(PODS)))
+        procs.append(start_dnsmasq("127.0.0.1", up_port, tmp / "upstream.hosts", cache=150))
+        procs.append(start_dnsmasq(pod.gateway, DNSMASQ_PORT, tmp / "local.hosts", f"127.0.0.1#{up_port}"))
+        for i in range(PODS):
+            prev = {"cniVersion": "1.1.0",
+                    "interfaces": [{"name": pod.host_if}, {"name": "eth0", "sandbox": f"/var/run/netns/{pod.ns}"}],
+                    "ips": [{"address": f"{pod.pod_ip(i)}/{pod.subnet.prefixlen}", "gateway": pod.gateway,
+                             "interface": 1}]}
+            plugin(opts.bin, cache_dir, "ADD", f"bench{i}", {**conf, "prevResult": prev}, pod.ns,
+                   f"K8S_POD_NAME=pod{i}")
+        servers = (("pycni-dns", 53), ("dnsmasq", DNSMASQ_PORT))
+        for _, port in servers:
+            for kind in queries:
+                wait_answering(pod.ns, pod.gateway, port, queries[kind])
+        results: Dict[Tuple[str, str], List[Dict[str, float]]] = {}
+        for round_no in range(opts.rounds):
+            for label, kind, rate in SCENARIOS:
+                order = servers if round_no % 2 == 0 else servers[::-1]
+                for server, port in order:
+                    stats = dnsperf(pod.ns, pod.gateway, port, queries[kind], opts.seconds, rate)
+                    results.setdefault((label, server), []).append(stats)
+        report(results, opts)
     finally:
-        for i in range(NAMES):
+        for i in range(PODS):
             try:
-                plugin("DEL", f"bench{i}", conf)
-            except Exception:
-                pass
+                plugin(opts.bin, cache_dir, "DEL", f"bench{i}", conf, pod.ns)
+            except Exception as exc:  # report, keep cleaning
+                print(f"cleanup: {exc}", file=sys.stderr)
         for proc in procs:
             proc.terminate()
             proc.wait(5)
+        pod.close()
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def report(results: Dict[Tuple[str, str], List[Dict[str, float]]], opts: argparse.Namespace) -> None:
+    print(f"dnsperf -c 4 -q 50 -l {opts.seconds:g}, {opts.rounds} rounds, medians; "
+          f"load average {os.getloadavg()[0]:.1f}; pycni-dns from {opts.bin}\n")
+    print(f"{'scenario':<40}{'pycni-dns':>12}{'dnsmasq':>12}{'ratio':>8}{'lost':>12}")
+    for label, _, rate in SCENARIOS:
+        key = "latency" if rate else "qps"
+        ours = [r[key] for r in results[(label, "pycni-dns")]]
+        theirs = [r[key] for r in results[(label, "dnsmasq")]]
+        scale, unit = (1e6, " us") if rate else (1, "")
+        lost = (sum(r["lost"] for r in results[(label, "pycni-dns")]),
+                sum(r["lost"] for r in results[(label, "dnsmasq")]))
+        print(f"{label:<40}{statistics.median(ours) * scale:>9.0f}{unit:<3}{statistics.median(theirs) * scale:>9.0f}"
+              f"{unit:<3}{statistics.median(ours) / statistics.median(theirs):>7.2f}x{lost[0]:>6.0f}/{lost[1]:<5.0f}")
+        print(f"{'':<40}{'runs: ' + ' '.join(f'{v * scale:.0f}' for v in ours)}  |  "
+              f"{' '.join(f'{v * scale:.0f}' for v in theirs)}")
 
 
 if __name__ == "__main__":

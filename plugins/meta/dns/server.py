@@ -51,6 +51,7 @@ MAX_PENDING_FORWARDS = 1024
 REPLY_CACHE_SIZE = 4096
 CLIENT_CACHE_SIZE = 4096
 HOUSEKEEPING_SECONDS = 0.5
+FORWARD = b""  # in Resolver.replies: "forward this query" (no reply is empty)
 IP_FREEBIND = 15
 IPV6_FREEBIND = 78
 
@@ -185,15 +186,15 @@ class Resolver:
         key = (data[2:], udp)
         cached = replies.get(key)
         if cached is not None:
-            return data[:2] + cached, False
+            return (None, True) if cached is FORWARD else (data[:2] + cached, False)
         try:
             reply, forward = self._resolve(data, udp)
         except Exception:  # a reply we cannot build is a failure of ours, never silence
             return header_only_reply(data, RCODE.SERVFAIL), False
-        if reply is not None and not forward and len(data) >= 12:
+        if (reply is not None or forward) and len(data) >= 12:
             if len(replies) >= REPLY_CACHE_SIZE:
                 replies.clear()
-            replies[key] = reply[2:]
+            replies[key] = FORWARD if forward else reply[2:]
         return reply, forward
 
     def _resolve(self, data: bytes, udp: bool) -> Tuple[Optional[bytes], bool]:
@@ -328,13 +329,13 @@ class Forwarder:
     Each forwarded query gets a fresh random ID on the upstream socket (mapped back to
     the client's); a reply is taken only from the upstream it was sent to, with a known
     ID and the same question. A query the first upstream does not answer in
-    FORWARD_TIMEOUT goes to the next; after the last, the client gets SERVFAIL. A TCP
-    client that gets a truncated reply is served over TCP (a fresh connection, rare).
+    FORWARD_TIMEOUT goes to the next; after the last, the client gets SERVFAIL. Each
+    upstream socket has a thread blocked in recv(), so a reply is relayed as soon as it
+    arrives. (A TCP client that gets a truncated reply asks over TCP itself: see Server.)
     """
 
-    def __init__(self, resolver: Resolver, selector: selectors.BaseSelector) -> None:
+    def __init__(self, resolver: Resolver) -> None:
         self.resolver = resolver
-        self.selector = selector
         self.lock = threading.Lock()
         self.sockets: Dict[Tuple[str, int], socket.socket] = {}
         self.pending: "OrderedDict[Tuple[Tuple[str, int], int], list]" = OrderedDict()
@@ -344,10 +345,9 @@ class Forwarder:
         if sock is None:
             family = socket.AF_INET6 if ":" in upstream[0] else socket.AF_INET
             sock = socket.socket(family, socket.SOCK_DGRAM)
-            sock.setblocking(False)
             sock.connect(upstream)
             self.sockets[upstream] = sock
-            self.selector.register(sock, selectors.EVENT_READ, self._on_reply)
+            threading.Thread(target=self._reply_loop, args=(sock, upstream), daemon=True).start()
         return sock
 
     def forward(self, data: bytes, tcp: bool, deliver: Callable[[Optional[bytes]], None]) -> None:
@@ -384,29 +384,26 @@ class Forwarder:
                 index += 1
         deliver(servfail(data))
 
-    def _on_reply(self, sock: socket.socket) -> None:
-        upstream = sock.getpeername()[:2]
-        for _ in range(64):
+    def _reply_loop(self, sock: socket.socket, upstream: Tuple[str, int]) -> None:
+        recv, pending, lock = sock.recv, self.pending, self.lock
+        while self.sockets.get(upstream) is sock:
             try:
-                reply = sock.recv(65535)
-            except OSError:  # nothing more (or an ICMP error: the timeout moves on)
-                return
+                reply = recv(65535)
+            except OSError:  # an ICMP error (upstream down): its queries time out and move on
+                continue
             if len(reply) < 12 or not reply[2] & 0x80:
                 continue
-            key = (upstream, struct.unpack("!H", reply[:2])[0])
-            with self.lock:
-                job = self.pending.get(key)
+            key = (upstream, (reply[0] << 8) | reply[1])
+            with lock:
+                job = pending.get(key)
                 if job is None or not _same_question(job[1], reply):
                     continue
-                del self.pending[key]
-            _, data, tcp, deliver, index = job
-            if tcp and reply[2] & 0x02:  # truncated: a TCP client gets it whole
-                try:
-                    reply = _tcp_exchange(upstream, data)
-                except (OSError, ValueError, struct.error):
-                    self._send(data, tcp, deliver, index + 1)
-                    continue
-            deliver(data[:2] + bytes([reply[2] & ~0x04]) + reply[3:])
+                del pending[key]
+            data, deliver = job[1], job[3]
+            try:
+                deliver(data[:2] + bytes([reply[2] & ~0x04]) + reply[3:])
+            except Exception:
+                pass
 
     def expire(self) -> float:
         """Move on from upstreams that did not answer in time; seconds until the next deadline."""
@@ -430,7 +427,7 @@ class Forwarder:
         with self.lock:
             for upstream in [u for u in self.sockets if u not in wanted]:
                 sock = self.sockets.pop(upstream)
-                self.selector.unregister(sock)
+                _shutdown(sock)  # wakes its thread, which sees it is no longer wanted
                 sock.close()
 
 
@@ -513,8 +510,8 @@ class Server:
     def __init__(self, netdir: str) -> None:
         self.netdir = netdir
         self.resolver = Resolver(os.path.join(netdir, RECORDS))
-        self.selector = selectors.DefaultSelector()
-        self.forwarder = Forwarder(self.resolver, self.selector)
+        self.selector = selectors.DefaultSelector()  # TCP accepts; UDP sockets have a thread each
+        self.forwarder = Forwarder(self.resolver)
         self.clients = Clients()
         self.clients_of: Optional[Table] = None  # the table `clients` was last built from
         self.tcp_lock = threading.Lock()
@@ -527,14 +524,15 @@ class Server:
             raise OSError("no listen addresses in records")
         for host in settings.listen:
             family = socket.AF_INET6 if ":" in host else socket.AF_INET
-            for kind, handler in ((socket.SOCK_DGRAM, self._on_udp), (socket.SOCK_STREAM, self._on_accept)):
+            for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
                 try:
                     sock = _bind(family, kind, host, settings.port)
                 except OSError as exc:
                     proto = "udp" if kind == socket.SOCK_DGRAM else "tcp"
                     raise OSError(f"cannot bind {proto} {host} port {settings.port}: {exc}") from None
                 self.sockets.append(sock)
-                self.selector.register(sock, selectors.EVENT_READ, handler)
+                if kind == socket.SOCK_STREAM:
+                    self.selector.register(sock, selectors.EVENT_READ, self._on_accept)
 
     def _allowed(self, host: str) -> bool:
         if self.clients_of is not self.resolver.table:
@@ -543,25 +541,27 @@ class Server:
         return self.clients.allowed(host)
 
     # --- UDP -------------------------------------------------------------------------------
-    def _on_udp(self, sock: socket.socket) -> None:
-        """The hot path: a batch of queries; repeated ones are answered from `resolver.replies`."""
+    def _udp_loop(self, sock: socket.socket) -> None:
+        """The hot path, one thread per UDP socket blocked in recvfrom (two syscalls a query):
+        a repeated query is answered from `resolver.replies`."""
         resolver = self.resolver
+        sock.setblocking(True)
         recvfrom, sendto = sock.recvfrom, sock.sendto
-        for _ in range(64):  # drain a batch, then let other sockets have a turn
+        while True:
             try:
                 data, addr = recvfrom(RECV_MAX)
-            except OSError:  # nothing left (BlockingIOError) or a transient error
-                return
+            except OSError:  # a transient error (ICMP from a previous send, ...)
+                continue
             try:
                 if resolver.changed():
                     resolver.refresh()
                 if not self._allowed(addr[0]):
                     continue
                 cached = resolver.replies.get((data[2:], True))
-                if cached is not None:
+                if cached:
                     sendto(data[:2] + cached, addr)
                     continue
-                reply, forward = resolver.resolve(data, udp=True)
+                reply, forward = (None, True) if cached is FORWARD else resolver.resolve(data, udp=True)
                 if forward:
                     self.forwarder.forward(data, False, lambda r, a=addr: r is not None and sendto(r, a))
                 elif reply is not None:
@@ -618,7 +618,15 @@ class Server:
 
         self.forwarder.forward(data, True, deliver)
         done.wait(max(0.0, deadline - time.monotonic()))
-        return box[0]
+        reply = box[0]
+        if reply is not None and reply[2] & 0x02:  # truncated: a TCP client gets it whole, over TCP
+            for upstream in self.resolver.settings.upstreams:
+                try:
+                    whole = _tcp_exchange(upstream, data)
+                except (OSError, ValueError, struct.error):
+                    continue
+                return data[:2] + bytes([whole[2] & ~0x04]) + whole[3:]
+        return reply
 
     # --- lifecycle -----------------------------------------------------------------------
     def _should_exit(self) -> bool:
@@ -656,6 +664,9 @@ class Server:
         os.replace(tmp, path)
 
     def serve(self) -> None:
+        for sock in self.sockets:
+            if sock.type == socket.SOCK_DGRAM:
+                threading.Thread(target=self._udp_loop, args=(sock,), daemon=True).start()
         next_check = 0.0
         timeout = HOUSEKEEPING_SECONDS
         while True:
