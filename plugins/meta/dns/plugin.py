@@ -13,7 +13,8 @@ Config keys (besides the standard ones):
 
 Names registered for an attachment: CNI_ARGS K8S_POD_NAME (podman: the container name),
 `<pod>.<namespace>` when K8S_POD_NAMESPACE is set, and runtimeConfig.aliases (a list,
-or podman's map keyed by network name). Each is served relative and under the domain.
+or podman's map keyed by network name). Each is served under the domain only; who
+answers for a name claimed twice is the authority model of records.py (docs/dns.md).
 """
 from __future__ import annotations
 
