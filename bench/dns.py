@@ -12,17 +12,17 @@ under test forward every query to it (pycni-dns has no cache, dnsmasq runs witho
 
 Scenarios, interleaved round by round (the two servers alternate, so drift hits both):
   max qps (local names), average latency at a steady 1,000 qps (local and forwarded).
-Prints medians over the rounds, the pycni-dns/dnsmasq ratio and every lost query.
+Prints medians over the rounds, the pycni-dns/dnsmasq ratio and every lost query, and
+the CPU time each server spent per answered query (from /proc/<pid>/task/*/schedstat):
+on a shared, loaded machine latency mostly measures the scheduler, CPU per query does not.
 Not a test: it asserts nothing.
 """
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import json
 import os
 import random
-import re
 import shutil
 import statistics
 import subprocess
@@ -34,9 +34,11 @@ from pathlib import Path
 from typing import Dict, List, Tuple
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+from dns_helpers import free_subnet, run_dnsperf  # noqa: E402  (the tests' dnsperf driver)
+
 NODE_PYTHON = "/usr/bin/python3"
 DNSMASQ = shutil.which("dnsmasq") or "/usr/sbin/dnsmasq"
-DNSPERF = shutil.which("dnsperf") or "/usr/bin/dnsperf"
 PODS = 10
 DOMAIN = "dns.pycni"
 DNSMASQ_PORT = 5353
@@ -45,23 +47,10 @@ SCENARIOS = (  # (label, query kind, dnsperf -Q rate or 0 for as fast as it goes
     ("latency at 1,000 qps, local names", "local", 1000),
     ("latency at 1,000 qps, forwarded names", "forwarded", 1000),
 )
-_PERF_FIELDS = {"sent": r"Queries sent:\s+(\d+)", "completed": r"Queries completed:\s+(\d+)",
-                "lost": r"Queries lost:\s+(\d+)", "qps": r"Queries per second:\s+([\d.]+)",
-                "latency": r"Average Latency \(s\):\s+([\d.]+)"}
 
 
 def sh(*cmd: str, check: bool = True) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, check=check, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-
-
-def free_subnet() -> ipaddress.IPv4Network:
-    routes = sh("ip", "-4", "route", "show", "table", "all").stdout.decode()
-    used = [ipaddress.ip_network(m, strict=False) for m in re.findall(r"(\d+\.\d+\.\d+\.\d+/\d+)", routes)]
-    for _ in range(100):
-        net = ipaddress.ip_network(f"10.{random.randint(128, 254)}.{random.randint(0, 255)}.0/24")
-        if not any(net.overlaps(u) for u in used):
-            return net
-    raise RuntimeError("no free subnet")
 
 
 class PodNet:
@@ -109,26 +98,29 @@ def plugin(bin_dir: Path, cache_dir: str, command: str, cid: str, conf: Dict, ne
         raise RuntimeError(f"pycni-dns {command} failed: {proc.stdout.decode()}")
 
 
-def dnsperf(ns: str, server: str, port: int, queries: Path, seconds: float, rate: int) -> Dict[str, float]:
-    cmd = ["ip", "netns", "exec", ns, DNSPERF, "-s", server, "-p", str(port), "-d", str(queries),
-           "-c", "4", "-q", "50", "-l", str(seconds), "-t", "2"]
-    if rate:
-        cmd += ["-Q", str(rate)]
-    text = sh(*cmd, check=False).stdout.decode()
-    out = {}
-    for key, pattern in _PERF_FIELDS.items():
-        m = re.search(pattern, text)
-        if not m:
-            raise RuntimeError(f"dnsperf printed no {key}:\n{text[-2000:]}")
-        out[key] = float(m.group(1))
-    return out
+def cpu_seconds(pid: int) -> float:
+    """CPU time of all the process's threads so far (nanosecond resolution)."""
+    total = 0
+    for task in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{task}/schedstat") as f:
+                total += int(f.read().split()[0])
+        except (OSError, ValueError, IndexError):
+            continue
+    return total / 1e9
+
+
+def set_fifo(pid: int, priority: int) -> None:
+    """SCHED_FIFO `priority` for every thread of `pid` (0: back to SCHED_OTHER)."""
+    for task in os.listdir(f"/proc/{pid}/task"):
+        sh("chrt", "-f" if priority else "-o", "-p", str(priority), task, check=False)
 
 
 def wait_answering(ns: str, server: str, port: int, queries: Path) -> None:
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         try:
-            if dnsperf(ns, server, port, queries, 0.3, 50)["completed"] > 0:
+            if run_dnsperf(ns, server, port, str(queries), 0.3, 50)["completed"] > 0:
                 return
         except RuntimeError:
             pass
@@ -140,6 +132,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--seconds", type=float, default=5.0, help="per dnsperf run")
+    parser.add_argument("--rt", action="store_true",
+                        help="latency runs (-Q) at SCHED_FIFO 1 for both servers and dnsperf: on a loaded "
+                             "machine this measures the servers, not the scheduler (never for max qps)")
     parser.add_argument("--bin", type=Path, default=ROOT / "dist" / "bin", help="where pycni-dns is")
     opts = parser.parse_args()
     if not (opts.bin / "pycni-dns").exists():
@@ -169,6 +164,7 @@ def main() -> None:
             plugin(opts.bin, cache_dir, "ADD", f"bench{i}", {**conf, "prevResult": prev}, pod.ns,
                    f"K8S_POD_NAME=pod{i}")
         servers = (("pycni-dns", 53), ("dnsmasq", DNSMASQ_PORT))
+        pids = {"pycni-dns": int((tmp / "state" / conf["name"] / "server.pid").read_text()), "dnsmasq": procs[1].pid}
         for _, port in servers:
             for kind in queries:
                 wait_answering(pod.ns, pod.gateway, port, queries[kind])
@@ -177,7 +173,17 @@ def main() -> None:
             for label, kind, rate in SCENARIOS:
                 order = servers if round_no % 2 == 0 else servers[::-1]
                 for server, port in order:
-                    stats = dnsperf(pod.ns, pod.gateway, port, queries[kind], opts.seconds, rate)
+                    cpu = cpu_seconds(pids[server])
+                    rt = opts.rt and rate > 0
+                    if rt:
+                        set_fifo(pids[server], 1)
+                    try:
+                        stats = run_dnsperf(pod.ns, pod.gateway, port, str(queries[kind]), opts.seconds, rate,
+                                            prefix=("chrt", "-f", "1") if rt else ())
+                    finally:
+                        if rt:
+                            set_fifo(pids[server], 0)
+                    stats["cpu"] = (cpu_seconds(pids[server]) - cpu) / max(1.0, stats["completed"])
                     results.setdefault((label, server), []).append(stats)
         report(results, opts)
     finally:
@@ -194,7 +200,7 @@ def main() -> None:
 
 
 def report(results: Dict[Tuple[str, str], List[Dict[str, float]]], opts: argparse.Namespace) -> None:
-    print(f"dnsperf -c 4 -q 50 -l {opts.seconds:g}, {opts.rounds} rounds, medians; "
+    print(f"dnsperf -c 4 -q 50 -l {opts.seconds:g}, {opts.rounds} rounds, medians{', -Q runs at SCHED_FIFO' if opts.rt else ''}; "
           f"load average {os.getloadavg()[0]:.1f}; pycni-dns from {opts.bin}\n")
     print(f"{'scenario':<40}{'pycni-dns':>12}{'dnsmasq':>12}{'ratio':>8}{'lost':>12}")
     for label, _, rate in SCENARIOS:
@@ -208,6 +214,9 @@ def report(results: Dict[Tuple[str, str], List[Dict[str, float]]], opts: argpars
               f"{unit:<3}{statistics.median(ours) / statistics.median(theirs):>7.2f}x{lost[0]:>6.0f}/{lost[1]:<5.0f}")
         print(f"{'':<40}{'runs: ' + ' '.join(f'{v * scale:.0f}' for v in ours)}  |  "
               f"{' '.join(f'{v * scale:.0f}' for v in theirs)}")
+        cpu_ours = statistics.median(r["cpu"] for r in results[(label, "pycni-dns")]) * 1e6
+        cpu_theirs = statistics.median(r["cpu"] for r in results[(label, "dnsmasq")]) * 1e6
+        print(f"{'  CPU per query':<40}{cpu_ours:>9.1f} us{cpu_theirs:>9.1f} us{cpu_ours / cpu_theirs:>7.2f}x")
 
 
 if __name__ == "__main__":

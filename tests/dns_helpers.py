@@ -275,19 +275,26 @@ def outsider(make_netns, target: str) -> str:
 
 
 def dnsperf(ns: str, server: str, names: List[str], seconds: int, rate: int) -> Dict[str, float]:
-    """Run dnsperf inside `ns` (4 clients, 50 outstanding): sent, completed, lost, qps, avg latency (s)."""
+    """Run dnsperf inside `ns` over `names` (A queries); see run_dnsperf."""
     import tempfile
 
     with tempfile.NamedTemporaryFile("w", suffix=".queries", delete=False) as f:
         f.write("".join(f"{n} A\n" for n in names))
     try:
-        cmd = ["dnsperf", "-s", server, "-d", f.name, "-c", "4", "-q", "50", "-l", str(seconds), "-t", "2"]
-        if rate:
-            cmd += ["-Q", str(rate)]
-        text = in_netns(ns, *cmd, check=False).stdout.decode()
+        return run_dnsperf(ns, server, 53, f.name, seconds, rate)
     finally:
         os.unlink(f.name)
-    return parse_dnsperf(text)
+
+
+def run_dnsperf(ns: str, server: str, port: int, query_file: str, seconds: float, rate: int,
+                prefix: Tuple[str, ...] = ()) -> Dict[str, float]:
+    """dnsperf inside `ns`, 4 clients, 50 outstanding (rate 0: as fast as it goes):
+    sent, completed, lost, qps, latency (average, seconds)."""
+    cmd = ["dnsperf", "-s", server, "-p", str(port), "-d", query_file, "-c", "4", "-q", "50",
+           "-l", f"{seconds:g}", "-t", "2"]
+    if rate:
+        cmd += ["-Q", str(rate)]
+    return parse_dnsperf(in_netns(ns, *prefix, *cmd, check=False).stdout.decode())
 
 
 def parse_dnsperf(text: str) -> Dict[str, float]:
