@@ -99,14 +99,17 @@ def plugin(bin_dir: Path, cache_dir: str, command: str, cid: str, conf: Dict, ne
 
 
 def cpu_seconds(pid: int) -> float:
-    """CPU time of all the process's threads so far (nanosecond resolution)."""
+    """CPU time so far of every thread of the process and of its child processes (pycni-dns's
+    workers), nanosecond resolution."""
+    pids = [pid] + [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
     total = 0
-    for task in os.listdir(f"/proc/{pid}/task"):
-        try:
-            with open(f"/proc/{pid}/task/{task}/schedstat") as f:
-                total += int(f.read().split()[0])
-        except (OSError, ValueError, IndexError):
-            continue
+    for proc in pids:
+        for task in os.listdir(f"/proc/{proc}/task"):
+            try:
+                with open(f"/proc/{proc}/task/{task}/schedstat") as f:
+                    total += int(f.read().split()[0])
+            except (OSError, ValueError, IndexError):
+                continue
     return total / 1e9
 
 

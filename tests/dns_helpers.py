@@ -30,24 +30,35 @@ def free_subnet() -> ipaddress.IPv4Network:
     raise RuntimeError("no free subnet")
 
 
-def server_pids(state_dir: Path) -> List[int]:
-    """Every live pycni-dns server whose network dir is under `state_dir`."""
+def server_processes(state_dir: Path) -> Dict[int, int]:
+    """pid -> parent pid of every live pycni-dns process (servers and their workers) under `state_dir`."""
     needle = os.fsencode(str(state_dir))
-    out = []
+    out = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
             args = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+            stat = Path(f"/proc/{entry}/stat").read_text()
         except OSError:
             continue
         if any(SERVER_MARKER in a for a in args) and any(a.startswith(needle) for a in args):
-            out.append(int(entry))
+            out[int(entry)] = int(stat.rsplit(")", 1)[1].split()[1])
     return out
 
 
+def server_pids(state_dir: Path) -> List[int]:
+    """Every live pycni-dns server whose network dir is under `state_dir` (not their workers)."""
+    procs = server_processes(state_dir)
+    return [pid for pid, ppid in procs.items() if ppid not in procs]
+
+
+def worker_pids(state_dir: Path, server: int) -> List[int]:
+    return [pid for pid, ppid in server_processes(state_dir).items() if ppid == server]
+
+
 def kill_servers(state_dir: Path) -> None:
-    for pid in server_pids(state_dir):
+    for pid in server_processes(state_dir):
         try:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
@@ -196,7 +207,7 @@ class DnsNetwork:
                          cni_path=str(self.bin_dir))
         return exec_plugin(self.bin_dir / "pycni-dns", env, self.dns_conf(prev, aliases, **extra))
 
-    def attach(self, pod: str, namespace: str = "", aliases: Any = None) -> Attachment:
+    def attach(self, pod: str, namespace: str = "", aliases: Any = None, **extra: Any) -> Attachment:
         """A container netns wired by the reference bridge, then registered by pycni-dns."""
         ns = self.make_netns("dns")
         cid = unique("c")
@@ -204,7 +215,7 @@ class DnsNetwork:
         prev, rc, err = exec_plugin(REFERENCE_BIN / "bridge", env, self.bridge_conf())
         assert rc == 0, (prev, err)
         args = f"IgnoreUnknown=1;K8S_POD_NAME={pod}" + (f";K8S_POD_NAMESPACE={namespace}" if namespace else "")
-        out, rc, err = self.dns("ADD", cid, netns_path(ns), args, prev, aliases)
+        out, rc, err = self.dns("ADD", cid, netns_path(ns), args, prev, aliases, **extra)
         assert rc == 0, (out, err)
         att = Attachment(cid, ns, prev["ips"][0]["address"].split("/")[0], args, out, aliases)
         self.attachments.append(att)

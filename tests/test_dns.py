@@ -19,9 +19,9 @@ import pytest
 
 from dns_helpers import (
     DnsNetwork, Upstream, alive, dig, dnsperf, free_subnet, kill_servers, outsider, random_frames,
-    server_pids, tcp_frame, udp_query, wait_until,
+    server_pids, server_processes, tcp_frame, udp_query, wait_until, worker_pids,
 )
-from helpers import in_netns, netns_path
+from helpers import in_netns, netns_path, unique
 
 pytestmark = pytest.mark.kernel
 
@@ -335,10 +335,15 @@ def test_config_errors(make_network, state_dir, tmp_path):
     assert net.dns("STATUS", "", cniVersion="1.1.0")[1] == 0
 
 
-def test_address_in_use_fails_add_cleanly(make_network, state_dir):
+@pytest.mark.parametrize("reuseport", [False, True], ids=["plain", "SO_REUSEPORT"])
+def test_address_in_use_fails_add_cleanly(make_network, state_dir, reuseport):
+    """A port someone holds fails the start, even when the holder allows SO_REUSEPORT (our workers
+    share the port that way: a second server must never silently join them)."""
     net = make_network()
     ns = net.make_netns("dns")
     blocker = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    if reuseport:
+        blocker.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     blocker.bind(("127.0.0.1", 0))
     port = blocker.getsockname()[1]
     try:
@@ -512,7 +517,8 @@ def test_forwarding_reuses_one_upstream_socket(make_network, upstream):
         reply = udp_query(net.gateway, 53, f"n{i}.example.test")
         assert [str(rr.rdata) for rr in reply.rr] == ["192.0.2.77"]
     assert dig(a.netns, net.gateway, "tcp.example.test", tcp=True)[1] == ["192.0.2.77"]
-    assert len(upstream.client_ports) == 1, upstream.client_ports
+    processes = 1 + len(worker_pids(net.state_dir, net.pid()))
+    assert len(upstream.client_ports) <= processes, upstream.client_ports  # one socket per server process
 
 
 @pytest.mark.skipif(shutil.which("dnsperf") is None, reason="dnsperf is not installed")
@@ -528,3 +534,23 @@ def test_no_query_lost_under_dnsperf_load(make_network, state_dir):
         net.detach(pod)
     assert wait_until(lambda: not alive(pid), 3)
     assert server_pids(state_dir) == [] and not (state_dir / net.name / "records.json").exists()
+
+
+def test_worker_processes_share_the_port_and_go_with_the_server(make_network, state_dir):
+    """serverProcesses=3: two forked workers answer UDP on the same port (SO_REUSEPORT); they die
+    with the server, even by SIGKILL, and a new server binds right away."""
+    net = make_network()
+    a = net.attach("alpha", serverProcesses=3)
+    pid = net.pid()
+    assert wait_until(lambda: len(worker_pids(state_dir, pid)) == 2, 5), server_processes(state_dir)
+    assert server_pids(state_dir) == [pid]
+    for _ in range(40):  # fresh source ports: the kernel spreads them over the three sockets
+        assert [str(rr.rdata) for rr in udp_query(net.gateway, 53, f"alpha.{DOMAIN}").rr] == [a.ip]
+    assert dig(a.netns, net.gateway, f"alpha.{DOMAIN}", tcp=True)[1] == [a.ip]
+    os.kill(pid, signal.SIGKILL)
+    assert wait_until(lambda: server_processes(state_dir) == {}, 5), "workers die with their server"
+    b = net.attach("bravo")  # a new server on the same address and port
+    assert dig(b.netns, net.gateway, f"alpha.{DOMAIN}")[1] == [a.ip]
+    for att in list(net.attachments):
+        net.detach(att)
+    assert wait_until(lambda: server_processes(state_dir) == {}, 5), "the last DEL stops the workers too"

@@ -10,6 +10,8 @@ Config keys (besides the standard ones):
   port             the server's port (default 53; other ports are for tests)
   ttl              TTL of the answers, seconds (default 60)
   stateDir         where records live (default /run/pycni/dns; tmpfs, so reboots start clean)
+  serverProcesses  processes answering UDP on the shared port (SO_REUSEPORT; default: 2, or 1
+                   on a single CPU; at most 16)
 
 Names registered for an attachment: CNI_ARGS K8S_POD_NAME (podman: the container name),
 `<pod>.<namespace>` when K8S_POD_NAMESPACE is set, and runtimeConfig.aliases (a list,
@@ -34,10 +36,11 @@ DEFAULT_DOMAIN = "dns.pycni"
 DEFAULT_TTL = 60
 DEFAULT_RESOLV_CONF = "/etc/resolv.conf"
 PROBE_NAME = "_pycni-probe"
+MAX_SERVER_PROCESSES = 16  # server.MAX_PROCESSES (the plugin does not import the server)
 
 
 class DnsConfig(FrozenRecord):
-    __slots__ = ("domain", "upstreams", "resolv_conf", "listen", "port", "ttl", "state_dir")
+    __slots__ = ("domain", "upstreams", "resolv_conf", "listen", "port", "ttl", "state_dir", "processes")
     domain: str
     upstreams: Optional[List[str]]  # None: from resolv.conf at ADD
     resolv_conf: str
@@ -45,6 +48,7 @@ class DnsConfig(FrozenRecord):
     port: int
     ttl: int
     state_dir: str
+    processes: int  # 0: the server's default
 
 
 def _addresses(key: str, values: List[str], allow_port: bool) -> List[str]:
@@ -117,7 +121,10 @@ class DnsPlugin(Plugin):
             raise CNIError(INVALID_CONFIG, f"ttl: must be 0 or more seconds, got {ttl}")
         state_dir = conf.get("stateDir", str, DEFAULT_STATE_DIR)
         resolv_conf = conf.get("resolvConf", str, DEFAULT_RESOLV_CONF)
-        return DnsConfig(domain, upstreams, resolv_conf, listen, port, ttl, state_dir)
+        processes = conf.get("serverProcesses", int, 0)
+        if not 0 <= processes <= MAX_SERVER_PROCESSES:
+            raise CNIError(INVALID_CONFIG, f"serverProcesses: must be 1-{MAX_SERVER_PROCESSES}, got {processes}")
+        return DnsConfig(domain, upstreams, resolv_conf, listen, port, ttl, state_dir, processes)
 
     # --- helpers -------------------------------------------------------------------------
     @staticmethod
@@ -233,7 +240,8 @@ class DnsPlugin(Plugin):
             running = dns_daemon.server_pid(store)
             if running is None or not records.server:
                 records.server = {"domain": config.domain, "ttl": config.ttl, "listen": listen,
-                                  "port": config.port, "upstreams": self._upstreams(config, listen)}
+                                  "port": config.port, "upstreams": self._upstreams(config, listen),
+                                  "processes": config.processes}
             else:  # a running server keeps its sockets; domain, ttl and upstreams follow the config
                 records.server.update({"domain": config.domain, "ttl": config.ttl,
                                        "upstreams": self._upstreams(config, records.server.get("listen", listen))})

@@ -21,12 +21,15 @@ races an ADD).
 """
 from __future__ import annotations
 
+import errno
 import fcntl
 import ipaddress
 import mmap
 import os
 import random
+import select
 import selectors
+import signal
 import socket
 import struct
 import sys
@@ -51,6 +54,9 @@ MAX_PENDING_FORWARDS = 1024
 REPLY_CACHE_SIZE = 4096
 CLIENT_CACHE_SIZE = 4096
 HOUSEKEEPING_SECONDS = 0.5
+BIND_RETRY_SECONDS = 2.0  # a previous server's processes may still be going away
+MAX_PROCESSES = 16
+PR_SET_PDEATHSIG = 1
 FORWARD = b""  # in Resolver.replies: "forward this query" (no reply is empty)
 IP_FREEBIND = 15
 IPV6_FREEBIND = 78
@@ -111,6 +117,8 @@ class Settings:
         self.listen = [str(a) for a in raw.get("listen") or []]
         self.port = int(raw.get("port", 53))
         self.upstreams = [parse_hostport(str(u)) for u in raw.get("upstreams") or []]
+        processes = int(raw.get("processes") or 0) or min(2, os.cpu_count() or 1)
+        self.processes = max(1, min(MAX_PROCESSES, processes))
         self.subnets = []
         for text in raw.get("subnets") or []:
             try:
@@ -449,6 +457,35 @@ def _tcp_exchange(upstream: Tuple[str, int], data: bytes) -> bytes:
         return _recv_exact(sock, length)
 
 
+def _bind_udp_group(family: int, host: str, port: int, count: int) -> List[socket.socket]:
+    """`count` UDP sockets sharing host:port (SO_REUSEPORT), one per server process.
+
+    SO_REUSEPORT alone would let a second server (another network given the same
+    address) silently share the port: an exclusive bind is tried first, so a port
+    anyone holds, with or without SO_REUSEPORT, fails the start. EADDRINUSE is
+    retried for a moment: the processes of a server that just stopped may still be
+    closing their sockets.
+    """
+    deadline = time.monotonic() + BIND_RETRY_SECONDS
+    while True:
+        try:
+            _bind(family, socket.SOCK_DGRAM, host, port).close()
+            break
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
+    group: List[socket.socket] = []
+    try:
+        for _ in range(count):
+            group.append(_bind(family, socket.SOCK_DGRAM, host, port, reuseport=count > 1))
+    except BaseException:
+        for sock in group:
+            sock.close()
+        raise
+    return group
+
+
 def _recv_until(sock: socket.socket, n: int, deadline: float) -> bytes:
     """Exactly n bytes, all of them before `deadline` (a total, not a per-recv, limit)."""
     buf = b""
@@ -482,11 +519,13 @@ def _recv_exact(sock: socket.socket, n: int) -> bytes:
     return buf
 
 
-def _bind(family: int, kind: int, host: str, port: int) -> socket.socket:
+def _bind(family: int, kind: int, host: str, port: int, reuseport: bool = False) -> socket.socket:
     sock = socket.socket(family, kind)
     try:
         if kind == socket.SOCK_STREAM:  # not for UDP: there it would let two servers share a port
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuseport:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         try:  # the bridge's address may not be usable yet (IPv6 DAD): bind anyway
             if family == socket.AF_INET6:
                 sock.setsockopt(socket.IPPROTO_IPV6, IPV6_FREEBIND, 1)
@@ -516,23 +555,78 @@ class Server:
         self.clients_of: Optional[Table] = None  # the table `clients` was last built from
         self.tcp_lock = threading.Lock()
         self.tcp_conns: "OrderedDict[socket.socket, float]" = OrderedDict()  # oldest first
-        self.sockets: List[socket.socket] = []
+        self.sockets: List[socket.socket] = []  # this process's: UDP (one per address) and TCP
+        self.worker_sockets: List[List[socket.socket]] = []  # per worker process to start: its UDP sockets
+        self.workers: List[int] = []
 
     def bind(self) -> None:
         settings = self.resolver.settings
         if not settings.listen:
             raise OSError("no listen addresses in records")
+        self.worker_sockets = [[] for _ in range(settings.processes - 1)]
         for host in settings.listen:
             family = socket.AF_INET6 if ":" in host else socket.AF_INET
-            for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
-                try:
-                    sock = _bind(family, kind, host, settings.port)
-                except OSError as exc:
-                    proto = "udp" if kind == socket.SOCK_DGRAM else "tcp"
-                    raise OSError(f"cannot bind {proto} {host} port {settings.port}: {exc}") from None
-                self.sockets.append(sock)
-                if kind == socket.SOCK_STREAM:
-                    self.selector.register(sock, selectors.EVENT_READ, self._on_accept)
+            try:
+                group = _bind_udp_group(family, host, settings.port, settings.processes)
+            except OSError as exc:
+                raise OSError(f"cannot bind udp {host} port {settings.port}: {exc}") from None
+            self.sockets.append(group[0])
+            for worker, sock in zip(self.worker_sockets, group[1:]):
+                worker.append(sock)
+            try:
+                sock = _bind(family, socket.SOCK_STREAM, host, settings.port)
+            except OSError as exc:
+                raise OSError(f"cannot bind tcp {host} port {settings.port}: {exc}") from None
+            self.sockets.append(sock)
+            self.selector.register(sock, selectors.EVENT_READ, self._on_accept)
+
+    # --- worker processes (UDP only) ---------------------------------------------------------
+    def start_workers(self) -> None:
+        """Fork one process per extra UDP socket group: each answers what the kernel hashes to
+        its socket (by client address and port). Call before any thread starts."""
+        death_pipes: List[int] = []
+        for socks in self.worker_sockets:
+            read_end, write_end = os.pipe()
+            pid = os.fork()
+            if pid == 0:
+                for fd in death_pipes + [write_end]:
+                    os.close(fd)
+                for other in self.worker_sockets:  # later workers' sockets are theirs, not ours
+                    if other is not socks:
+                        for sock in other:
+                            sock.close()
+                self._worker(socks, read_end)  # never returns
+            os.close(read_end)
+            death_pipes.append(write_end)  # held open until this process is gone
+            self.workers.append(pid)
+            for sock in socks:
+                sock.close()  # the worker's now: a copy here would keep it alive if the worker died
+        self.worker_sockets = []
+
+    def _worker(self, socks: List[socket.socket], death_fd: int) -> None:
+        """A worker: UDP loops over its sockets until the parent server is gone."""
+        try:
+            _die_with_parent()
+            for sock in self.sockets:
+                sock.close()
+            self.selector.close()
+            self.sockets = socks
+            for sock in socks:
+                threading.Thread(target=self._udp_loop, args=(sock,), daemon=True).start()
+            timeout = HOUSEKEEPING_SECONDS
+            while not select.select([death_fd], [], [], timeout)[0]:
+                timeout = min(HOUSEKEEPING_SECONDS, self.forwarder.expire())
+        finally:
+            os._exit(0)
+
+    def stop_workers(self) -> None:
+        for pid in self.workers:
+            try:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+            except OSError:
+                pass
+        self.workers = []
 
     def _allowed(self, host: str) -> bool:
         if self.clients_of is not self.resolver.table:
@@ -664,6 +758,7 @@ class Server:
         os.replace(tmp, path)
 
     def serve(self) -> None:
+        self.start_workers()
         for sock in self.sockets:
             if sock.type == socket.SOCK_DGRAM:
                 threading.Thread(target=self._udp_loop, args=(sock,), daemon=True).start()
@@ -713,8 +808,26 @@ def main(argv: List[str]) -> int:
         tell(f"error: {exc}")
         return 1
     tell(f"ready {os.getpid()}")
-    server.serve()
+    signal.signal(signal.SIGTERM, _exit_on_signal)  # so that the workers are reaped first
+    try:
+        server.serve()
+    finally:
+        server.stop_workers()
     return 0
+
+
+def _exit_on_signal(signum: int, frame: Any) -> None:
+    raise SystemExit(0)
+
+
+def _die_with_parent() -> None:
+    """The kernel kills this process when its parent (the server) dies, even by SIGKILL."""
+    import ctypes
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass  # the death pipe still ends it
 
 
 if __name__ == "__main__":
