@@ -57,7 +57,7 @@ HOUSEKEEPING_SECONDS = 0.5
 BIND_RETRY_SECONDS = 2.0  # a previous server's processes may still be going away
 MAX_PROCESSES = 16
 PR_SET_PDEATHSIG = 1
-FORWARD = b""  # in Resolver.replies: "forward this query" (no reply is empty)
+FORWARD = b""  # in Resolver's answer caches: "forward this query" (no reply is empty)
 IP_FREEBIND = 15
 IPV6_FREEBIND = 78
 
@@ -158,8 +158,11 @@ class Resolver:
         self._reload_lock = threading.Lock()
         self.table = Table({}, {}, 0)
         self.settings = Settings({})
-        # Local answers by (query bytes after the ID, udp); belongs to one table snapshot (swapped with it).
-        self.replies: Dict[Tuple[bytes, bool], bytes] = {}
+        # Answers (or FORWARD) by query bytes after the ID, over UDP and over TCP (UDP ones may be
+        # truncated); they belong to one table snapshot and are swapped with it.
+        self.udp_replies: Dict[bytes, bytes] = {}
+        self.tcp_replies: Dict[bytes, bytes] = {}
+        self.on_swap: Optional[Callable[[], None]] = None  # called after a new table is in place
         self.refresh()
 
     def _current_stamp(self) -> Optional[Tuple[int, int, int, int]]:
@@ -183,15 +186,18 @@ class Resolver:
             records = read_records(self.records_path)
             settings = Settings(records.server) if records.server else self.settings
             table = Table.build(records)
-            self.settings, self.table, self.replies, self._stamp = settings, table, {}, stamp
+            self.settings, self.table, self._stamp = settings, table, stamp
+            self.udp_replies, self.tcp_replies = {}, {}
+        if self.on_swap is not None:
+            self.on_swap()
 
     def resolve(self, data: bytes, udp: bool) -> Tuple[Optional[bytes], bool]:
         """(reply bytes or None, True when the query is to be forwarded instead)."""
         data = bytes(data)
         if self.generation.read() != self.seen_generation:
             self.refresh()
-        replies = self.replies
-        key = (data[2:], udp)
+        replies = self.udp_replies if udp else self.tcp_replies
+        key = data[2:]
         cached = replies.get(key)
         if cached is not None:
             return (None, True) if cached is FORWARD else (data[:2] + cached, False)
@@ -300,14 +306,14 @@ class Clients:
         for text in table.ptr:  # registered addresses count even if their subnet was not recorded
             subnets.append(ipaddress.ip_network(text))
         self.subnets = subnets
-        self.decisions = {}
+        self.decisions.clear()  # in place: the UDP loops hold this dict
 
     def allowed(self, host: str) -> bool:
         decision = self.decisions.get(host)
         if decision is None:
             decision = self._decide(host)
             if len(self.decisions) >= CLIENT_CACHE_SIZE:
-                self.decisions = {}
+                self.decisions.clear()
             self.decisions[host] = decision
         return decision
 
@@ -552,7 +558,8 @@ class Server:
         self.selector = selectors.DefaultSelector()  # TCP accepts; UDP sockets have a thread each
         self.forwarder = Forwarder(self.resolver)
         self.clients = Clients()
-        self.clients_of: Optional[Table] = None  # the table `clients` was last built from
+        self.resolver.on_swap = self._sync_clients
+        self._sync_clients()
         self.tcp_lock = threading.Lock()
         self.tcp_conns: "OrderedDict[socket.socket, float]" = OrderedDict()  # oldest first
         self.sockets: List[socket.socket] = []  # this process's: UDP (one per address) and TCP
@@ -628,17 +635,15 @@ class Server:
                 pass
         self.workers = []
 
-    def _allowed(self, host: str) -> bool:
-        if self.clients_of is not self.resolver.table:
-            self.clients.update(self.resolver.settings, self.resolver.table)
-            self.clients_of = self.resolver.table
-        return self.clients.allowed(host)
+    def _sync_clients(self) -> None:
+        self.clients.update(self.resolver.settings, self.resolver.table)
 
     # --- UDP -------------------------------------------------------------------------------
     def _udp_loop(self, sock: socket.socket) -> None:
         """The hot path, one thread per UDP socket blocked in recvfrom (two syscalls a query):
-        a repeated query is answered from `resolver.replies`."""
-        resolver = self.resolver
+        a repeated query from a known client costs two dict lookups and an ID patch."""
+        resolver, clients = self.resolver, self.clients
+        generation, decisions = resolver.generation, clients.decisions  # both updated in place
         sock.setblocking(True)
         recvfrom, sendto = sock.recvfrom, sock.sendto
         while True:
@@ -647,11 +652,14 @@ class Server:
             except OSError:  # a transient error (ICMP from a previous send, ...)
                 continue
             try:
-                if resolver.changed():
+                if generation.read() != resolver.seen_generation:
                     resolver.refresh()
-                if not self._allowed(addr[0]):
+                allowed = decisions.get(addr[0])
+                if allowed is None:
+                    allowed = clients.allowed(addr[0])
+                if not allowed:
                     continue
-                cached = resolver.replies.get((data[2:], True))
+                cached = resolver.udp_replies.get(data[2:])
                 if cached:
                     sendto(data[:2] + cached, addr)
                     continue
@@ -669,7 +677,7 @@ class Server:
             conn, addr = sock.accept()
         except OSError:
             return
-        if not self._allowed(addr[0]):
+        if not self.clients.allowed(addr[0]):
             conn.close()
             return
         with self.tcp_lock:
