@@ -98,12 +98,15 @@ def plugin(bin_dir: Path, cache_dir: str, command: str, cid: str, conf: Dict, ne
         raise RuntimeError(f"pycni-dns {command} failed: {proc.stdout.decode()}")
 
 
+def family(pid: int) -> List[int]:
+    """The process and its child processes (pycni-dns's workers)."""
+    return [pid] + [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
 def cpu_seconds(pid: int) -> float:
-    """CPU time so far of every thread of the process and of its child processes (pycni-dns's
-    workers), nanosecond resolution."""
-    pids = [pid] + [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    """CPU time so far of every thread of the process and its children, nanosecond resolution."""
     total = 0
-    for proc in pids:
+    for proc in family(pid):
         for task in os.listdir(f"/proc/{proc}/task"):
             try:
                 with open(f"/proc/{proc}/task/{task}/schedstat") as f:
@@ -114,9 +117,10 @@ def cpu_seconds(pid: int) -> float:
 
 
 def set_fifo(pid: int, priority: int) -> None:
-    """SCHED_FIFO `priority` for every thread of `pid` (0: back to SCHED_OTHER)."""
-    for task in os.listdir(f"/proc/{pid}/task"):
-        sh("chrt", "-f" if priority else "-o", "-p", str(priority), task, check=False)
+    """SCHED_FIFO `priority` for every thread of `pid` and its children (0: back to SCHED_OTHER)."""
+    for proc in family(pid):
+        for task in os.listdir(f"/proc/{proc}/task"):
+            sh("chrt", "-f" if priority else "-o", "-p", str(priority), task, check=False)
 
 
 def wait_answering(ns: str, server: str, port: int, queries: Path) -> None:
