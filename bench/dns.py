@@ -142,6 +142,7 @@ def main() -> None:
     parser.add_argument("--rt", action="store_true",
                         help="latency runs (-Q) at SCHED_FIFO 1 for both servers and dnsperf: on a loaded "
                              "machine this measures the servers, not the scheduler (never for max qps)")
+    parser.add_argument("--processes", type=int, default=0, help="pycni-dns serverProcesses (0: its default)")
     parser.add_argument("--bin", type=Path, default=ROOT / "dist" / "bin", help="where pycni-dns is")
     opts = parser.parse_args()
     if not (opts.bin / "pycni-dns").exists():
@@ -155,6 +156,8 @@ def main() -> None:
     conf = {"cniVersion": "1.1.0", "name": f"bench{uuid.uuid4().hex[:6]}", "type": "pycni-dns",
             "stateDir": str(tmp / "state"), "listenAddresses": [pod.gateway], "port": 53,
             "upstreams": [f"127.0.0.1:{up_port}"]}
+    if opts.processes:
+        conf["serverProcesses"] = opts.processes
     try:
         (tmp / "upstream.hosts").write_text("".join(f"192.0.2.{i + 1} fwd{i}.example.test\n" for i in range(PODS)))
         (tmp / "local.hosts").write_text("".join(f"{pod.pod_ip(i)} pod{i}.{DOMAIN}\n" for i in range(PODS)))
@@ -208,7 +211,8 @@ def main() -> None:
 
 def report(results: Dict[Tuple[str, str], List[Dict[str, float]]], opts: argparse.Namespace) -> None:
     print(f"dnsperf -c 4 -q 50 -l {opts.seconds:g}, {opts.rounds} rounds, medians{', -Q runs at SCHED_FIFO' if opts.rt else ''}; "
-          f"load average {os.getloadavg()[0]:.1f}; pycni-dns from {opts.bin}\n")
+          f"load average {os.getloadavg()[0]:.1f}; pycni-dns from {opts.bin}"
+          f"{f', serverProcesses {opts.processes}' if opts.processes else ''}\n")
     print(f"{'scenario':<40}{'pycni-dns':>12}{'dnsmasq':>12}{'ratio':>8}{'lost':>12}")
     for label, _, rate in SCENARIOS:
         key = "latency" if rate else "qps"

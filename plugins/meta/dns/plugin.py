@@ -32,6 +32,8 @@ TYPE_CHECKING = False  # typing is not imported at run time: it costs every exec
 if TYPE_CHECKING:
     from typing import List, Optional, Tuple
 
+    from pycni.plugins.meta.dns.records import Records
+
 DEFAULT_DOMAIN = "dns.pycni"
 DEFAULT_TTL = 60
 DEFAULT_RESOLV_CONF = "/etc/resolv.conf"
@@ -123,7 +125,8 @@ class DnsPlugin(Plugin):
         resolv_conf = conf.get("resolvConf", str, DEFAULT_RESOLV_CONF)
         processes = conf.get("serverProcesses", int, 0)
         if not 0 <= processes <= MAX_SERVER_PROCESSES:
-            raise CNIError(INVALID_CONFIG, f"serverProcesses: must be 1-{MAX_SERVER_PROCESSES}, got {processes}")
+            raise CNIError(INVALID_CONFIG, f"serverProcesses: must be 1-{MAX_SERVER_PROCESSES} "
+                           f"(0: the default), got {processes}")
         return DnsConfig(domain, upstreams, resolv_conf, listen, port, ttl, state_dir, processes)
 
     # --- helpers -------------------------------------------------------------------------
@@ -211,7 +214,7 @@ class DnsPlugin(Plugin):
         return out
 
     @staticmethod
-    def _log_conflicts(ctx: Context, records, entry: Entry) -> None:
+    def _log_conflicts(ctx: Context, records: Records, entry: Entry) -> None:
         for name, owner, others in records.conflicts(entry):
             ctx.log.event("dns_name_conflict", dns_name=name, owner=owner.container_id,
                           qualified=name in owner.qualified, others=[e.container_id for e in others])
@@ -238,6 +241,7 @@ class DnsPlugin(Plugin):
         with store.locked():
             records = store.load()
             running = dns_daemon.server_pid(store)
+            subnets = records.server.get("subnets") or []
             if running is None or not records.server:
                 records.server = {"domain": config.domain, "ttl": config.ttl, "listen": listen,
                                   "port": config.port, "upstreams": self._upstreams(config, listen),
@@ -245,7 +249,7 @@ class DnsPlugin(Plugin):
             else:  # a running server keeps its sockets; domain, ttl and upstreams follow the config
                 records.server.update({"domain": config.domain, "ttl": config.ttl,
                                        "upstreams": self._upstreams(config, records.server.get("listen", listen))})
-            records.server["subnets"] = self._subnets(records.server.get("subnets") or [], prev)
+            records.server["subnets"] = self._subnets(subnets, prev)
             records.put(entry)
             self._log_conflicts(ctx, records, entry)
             store.save(records)
