@@ -348,7 +348,7 @@ def test_address_in_use_fails_add_cleanly(make_network, state_dir, reuseport):
     port = blocker.getsockname()[1]
     try:
         out, rc, err = net.dns("ADD", "busy1", netns_path(ns), "K8S_POD_NAME=x", _fake_prev(net, 1),
-                               listenAddresses=["127.0.0.1"], port=port)
+                               listenAddresses=["127.0.0.1"], port=port, serverProcesses=2)
         assert rc == 1 and "did not start" in out["msg"] and "bind" in out["msg"], (out, err)
         assert not (state_dir / net.name / "records.json").exists()
         assert server_pids(state_dir) == []

@@ -10,8 +10,8 @@ Config keys (besides the standard ones):
   port             the server's port (default 53; other ports are for tests)
   ttl              TTL of the answers, seconds (default 60)
   stateDir         where records live (default /run/pycni/dns; tmpfs, so reboots start clean)
-  serverProcesses  processes answering UDP on the shared port (SO_REUSEPORT; default: 2, or 1
-                   on a single CPU; at most 16); read when the network's server starts
+  serverProcesses  processes answering UDP on the shared port (SO_REUSEPORT; default: 2 from
+                   4 CPUs up, else 1; at most 16); read when the network's server starts
 
 Names registered for an attachment: CNI_ARGS K8S_POD_NAME (podman: the container name),
 `<pod>.<namespace>` when K8S_POD_NAMESPACE is set, and runtimeConfig.aliases (a list,
