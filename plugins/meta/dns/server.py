@@ -128,8 +128,9 @@ class Settings:
 
 
 def default_processes() -> int:
-    """Two processes from 4 CPUs up, else one. On 2 CPUs a second process cost more than it
-    gave (bench/dns.py: max qps 0.82x vs 0.91x of dnsmasq, latency at 1,000 qps 1.14x vs 1.00x)."""
+    """Two processes from 4 CPUs up, else one. On 2 CPUs a second process gave no steady gain
+    (bench/dns.py: max qps within run-to-run noise) and made forwarding slower (1.21-1.24x of
+    dnsmasq's latency against 1.02-1.08x)."""
     return 2 if (os.cpu_count() or 1) >= 4 else 1
 
 
