@@ -97,6 +97,7 @@ def make_demo(clone: Path, tmpdir: Path) -> Tuple[subprocess.CompletedProcess, f
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(shutil.which("git") is None, reason="needs git to clone the tree")
 def test_make_demo_in_a_fresh_clone_with_the_system_path(clone: Path, tmp_path: Path) -> None:
     proc, took = make_demo(clone, tmp_path)
     out = proc.stdout

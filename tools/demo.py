@@ -17,6 +17,7 @@ import argparse
 import hashlib
 import ipaddress
 import json
+import os
 import random
 import shutil
 import signal
@@ -246,6 +247,8 @@ def main() -> int:
     args = parser.parse_args()
     if not args.bin.joinpath("pycni-bridge").exists():
         raise SystemExit("demo: build the zipapps first (make zipapps)")
+    if os.geteuid() != 0:
+        raise SystemExit("demo: run as root (it makes network namespaces, a bridge and nftables rules)")
 
     def interrupt(signum: int, frame: object) -> None:
         raise KeyboardInterrupt
