@@ -103,7 +103,8 @@ def test_a_new_build_gets_its_own_cache_and_reproducible_builds_are_identical(tm
     src = tmp_path / "src"
     shutil.copytree(ROOT / "plugins", src / "plugins")
     shutil.copytree(ROOT / "zipapp", src / "zipapp")
-    (src / "plugins" / "versions.py").write_text((src / "plugins" / "versions.py").read_text() + "\n# changed\n")
+    changed = src / "plugins" / "core" / "versions.py"  # issue 18 moved it from plugins/
+    changed.write_text(changed.read_text() + "\n# changed\n")
     subprocess.run([sys.executable, str(src / "zipapp" / "build.py"), "--out", str(out2), "pycni-host-local"],
                    check=True, stdout=subprocess.DEVNULL)
     cache = tmp_path / "cache"
