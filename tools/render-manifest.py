@@ -32,7 +32,7 @@ def helm_binary() -> str:
     if os.environ.get("HELM"):
         return os.environ["HELM"]
     out = subprocess.run(["bash", str(ROOT / "tools" / "install-helm.sh")], check=True,
-                         stdout=subprocess.PIPE, text=True).stdout
+                         env=dict(os.environ, PYTHON=sys.executable), stdout=subprocess.PIPE, text=True).stdout
     return out.strip().splitlines()[-1]
 
 
