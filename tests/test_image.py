@@ -33,7 +33,7 @@ IMAGE = "localhost/pycni-installer:test"
 BUILD_CACHE = "localhost/pycni-installer:build-cache"
 PODMAN = ["podman", "--runtime", "runc"]
 RUN = PODMAN + ["run", "--rm", "--ulimit", "nproc=1000:1000", "--ulimit", "nofile=1000:1000"]
-ZIPAPPS = ["pycni-bridge", "pycni-dns", "pycni-host-local", "pycni-macvlan"]
+ZIPAPPS = ["pycni-bridge", "pycni-dns", "pycni-host-local", "pycni-loopback", "pycni-macvlan"]
 # pytest-xdist workers building at once take turns on a lock on the Containerfile itself.
 LOCK = ROOT / "images" / "Containerfile"
 
