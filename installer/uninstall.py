@@ -64,9 +64,9 @@ def uninstall(settings: Settings, log: Log) -> int:
 
 def idle(marker: str, log: Log) -> None:
     """Mark the node done (the readiness probe reads the marker) and wait for SIGTERM."""
-    Path(marker).write_text("pycni uninstalled from this node\n")
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda signum, frame: stop.set())
+    Path(marker).write_text("pycni uninstalled from this node\n")
     log.info("uninstall_idle", marker=marker, why="a DaemonSet pod must keep running; delete the DaemonSet now")
     stop.wait()
