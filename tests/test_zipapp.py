@@ -21,7 +21,7 @@ from helpers import ROOT, RUNTIME_PATH
 from pycni.plugins.server import wire
 from pycni.plugins.core.versions import SUPPORTED_VERSIONS
 
-PLUGINS = ["pycni-bridge", "pycni-macvlan", "pycni-host-local", "pycni-dns"]
+PLUGINS = ["pycni-bridge", "pycni-macvlan", "pycni-host-local", "pycni-dns", "pycni-loopback"]
 
 
 def pyenv_python(minor: str) -> str:
