@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import shutil
 import socket
 import subprocess
 import sys
 import threading
 from pathlib import Path
-from typing import Any, Dict, Iterator, List
+from typing import Any, Dict, Iterator, List, Tuple
 
 import pytest
 
@@ -87,11 +88,9 @@ def test_a_missing_plugin_is_named_with_the_nodes_bin_dir(how: str, node: Node, 
 
 # ---- item 2: the cause of an unreachable API -----------------------------------------------------
 
-def test_an_unreachable_api_is_named_on_readyz_and_in_the_log(node: Node, tmp_path: Path) -> None:
-    """The issue's node: the Service address does not answer from a host-network pod. After a few
-    failures /readyz and one log line name the endpoint and the error; old code only said
-    "waiting for the first list of node ..."."""
-    with socket.socket() as sock:  # a port nobody listens on
+def unreachable_kubeconfig(tmp_path: Path) -> Tuple[Path, int]:
+    """A kubeconfig naming a local port nobody listens on (as the Service address before kube-proxy)."""
+    with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     kubeconfig = tmp_path / "kubeconfig"
@@ -101,6 +100,14 @@ def test_an_unreachable_api_is_named_on_readyz_and_in_the_log(node: Node, tmp_pa
                                               "insecure-skip-tls-verify": True}}],
         "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}],
         "users": [{"name": "u", "user": {"token": "t"}}]}))
+    return kubeconfig, port
+
+
+def test_an_unreachable_api_is_named_on_readyz_and_in_the_log(node: Node, tmp_path: Path) -> None:
+    """The issue's node: the Service address does not answer from a host-network pod. After a few
+    failures /readyz and one log line name the endpoint and the error; old code only said
+    "waiting for the first list of node ..."."""
+    kubeconfig, port = unreachable_kubeconfig(tmp_path)
     (node.cfg / "conflist.yaml").write_text(conflist(plugins=[
         {"type": "pycni-bridge", "bridge": "cni0",
          "ipam": {"type": "pycni-host-local", "ranges": "__POD_CIDR_RANGES__"}}]))
@@ -126,6 +133,30 @@ def test_an_unreachable_api_is_named_on_readyz_and_in_the_log(node: Node, tmp_pa
     (line,) = [r for r in lines if r["event"] == "api_unreachable"]
     assert line["endpoint"] == f"https://127.0.0.1:{port}" and line["why"]
     assert "kubernetes.apiServer" in line["hint"]
+
+
+def test_the_agent_names_an_unreachable_api_on_readyz(make_netns, tmp_path: Path) -> None:
+    """pycni-agent (in a namespace standing in for a node) with the same unreachable API: its
+    /readyz names the endpoint; old code said only "waiting for the first list of Nodes ..."."""
+    kubeconfig, port = unreachable_kubeconfig(tmp_path)
+    ns = make_netns("ag")
+    env = dict(os.environ, KUBECONFIG=str(kubeconfig), NODE_NAME="node-x")
+    env.pop("KUBERNETES_SERVICE_HOST", None)
+    proc = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-m", "pycni.agent", "--listen",
+                             "127.0.0.1:9766", "--configmap", "kube-system/pycni-config"], cwd=str(ROOT), env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    probe = ("import urllib.request, urllib.error\n"
+             "try:\n    print(urllib.request.urlopen('http://127.0.0.1:9766/readyz', timeout=2).read().decode())\n"
+             "except urllib.error.HTTPError as exc:\n    print(exc.read().decode())\n"
+             "except OSError:\n    print('')\n")
+    try:
+        reason = wait_until(lambda: (lambda r: r if "not reachable" in r else "")(
+            in_netns(ns, sys.executable, "-c", probe).stdout.decode()), 60, "the cause on the agent's /readyz")
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=30)
+    assert f"API server https://127.0.0.1:{port} not reachable" in reason, reason
+    assert '"api_unreachable"' in err
 
 
 # ---- item 3: loopback, only where free --------------------------------------------------------
