@@ -715,3 +715,22 @@ def test_uninstall_manifest_is_up_to_date(helm: str) -> None:
     module = _render_manifest_module()
     assert module.UNINSTALL_MANIFEST.read_text() == module.render(helm, module.UNINSTALL_VALUES), (
         "charts/pycni-uninstall.yaml is out of date: run python3 tools/render-manifest.py")
+
+
+@pytest.mark.parametrize("uninstall", [False, True])
+def test_notes_tell_how_to_uninstall(uninstall: bool, helm: str, tmp_path: Path) -> None:
+    """The install's notes say that `helm uninstall` alone leaves the nodes as they are and how to
+    clean them; the uninstall mode's notes say how to wait for it, then remove the release."""
+    proc = subprocess.run(
+        [helm, "install", "pycni", str(CHART), "--namespace", NAMESPACE, "--dry-run=client",
+         "--set", f"uninstall={str(uninstall).lower()}"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "KUBECONFIG": str(tmp_path / "none")},
+    )
+    assert proc.returncode == 0, proc.stderr
+    notes = proc.stdout.split("NOTES:", 1)[1]
+    if uninstall:
+        assert "REMOVED" in notes and "rollout status daemonset/pycni" in notes and "-c uninstall" in notes
+        assert "helm uninstall pycni -n kube-system" in notes and "edit configmap" not in notes
+    else:
+        assert "--set uninstall=true" in notes and "helm uninstall alone leaves" in notes
