@@ -20,7 +20,7 @@ from helpers import ROOT, RUNTIME_PATH, other_python
 from pycni.plugins.server import wire
 from pycni.plugins.core.versions import SUPPORTED_VERSIONS
 
-PLUGINS = ["pycni-bridge", "pycni-macvlan", "pycni-host-local", "pycni-dns"]
+PLUGINS = ["pycni-bridge", "pycni-macvlan", "pycni-host-local", "pycni-dns", "pycni-loopback"]
 
 
 def version_call(python: str, binary: Path, cache: Path, cwd: str = "/", extra_env=None):

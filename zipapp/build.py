@@ -49,6 +49,7 @@ VENDORED: Dict[str, List[str]] = {
     "pycni-macvlan": [],
     "pycni-host-local": [],
     "pycni-dns": ["dnslib"],
+    "pycni-loopback": [],
 }
 
 

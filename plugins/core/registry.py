@@ -10,6 +10,7 @@ PLUGIN_MODULES = {
     "pycni-macvlan": "pycni.plugins.main.macvlan",
     "pycni-host-local": "pycni.plugins.ipam.hostlocal.plugin",
     "pycni-dns": "pycni.plugins.meta.dns.plugin",
+    "pycni-loopback": "pycni.plugins.main.loopback",
 }
 
 
