@@ -13,8 +13,8 @@ import time
 from typing import List, Optional
 
 from pycni.installer.log import Log
+from pycni.installer.network import ConfigError, NetworkConfig, parse_network_config
 
-from .config import ConfigError, NetworkConfig, parse_network_config
 from .health import AgentStatus
 from .settings import Settings, parse
 

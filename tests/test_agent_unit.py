@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from k8s_fake_api import FakeKubeAPI
-from pycni.agent.config import ConfigError, NetworkConfig, parse_network_config, vxlan_mtu
+from pycni.installer.network import ConfigError, NetworkConfig, parse_network_config, vxlan_mtu
 from pycni.agent.desired import RouteSpec, Subnet, compute
 from pycni.agent.masq import ruleset
 from pycni.agent.nodes import NodeInfo, NodeListWatcher, NodeStore
@@ -131,7 +131,7 @@ def test_node_watcher_follows_changes_relists_after_410_and_patch_reaches_it(tmp
 
 
 def test_pod_mtu_for_the_installer() -> None:
-    from pycni.agent.config import pod_mtu
+    from pycni.installer.network import pod_mtu
 
     assert pod_mtu(1500, None) == 1500 and pod_mtu(1500, "backend: host-gw") == 1500
     assert pod_mtu(1500, "backend: vxlan") == 1450 and pod_mtu(9000, "backend: vxlan") == 8950
