@@ -398,6 +398,22 @@ def test_watch_drop_and_410_gone_are_recovered(host: Host, start: Callable[..., 
     assert m['pycni_installer_watch_restarts_total{source="configmap",cause="dropped"}'] >= 1
 
 
+def test_library_warnings_are_json_lines(host: Host, start: Callable[..., Installer], tmp_path: Path) -> None:
+    """An API server that refuses connections makes urllib3 (under the kubernetes client) log its
+    "Retrying ..." warnings: they come out as JSON lines of the installer's log, like its own events
+    (before, Python's last-resort handler printed them as plain text)."""
+    with FakeKubeAPI() as gone:
+        kubeconfig = gone.write_kubeconfig(tmp_path / "kubeconfig-refused")
+    inst = start(*api_args("node-l"), kubeconfig=kubeconfig)
+    wait_for(lambda: any(e["event"] == "watch_dropped" for e in inst.events()), 20, "a failed watch")
+    inst.stop()
+    lines = inst.logs_text().splitlines()
+    assert lines and all(line.startswith("{") for line in lines), inst.logs_text()
+    retries = [json.loads(line) for line in lines if '"urllib3.' in line]
+    assert retries and all(e["level"] == "warning" and e["event"] == "log" and e["logger"].startswith("urllib3.")
+                           and "Retrying" in e["message"] for e in retries), retries
+
+
 def test_resync_restores_deleted_conflist_and_binary(host: Host, start: Callable[..., Installer]) -> None:
     kubelet_update(host.volume, {KEY: template(text=STATIC_TEMPLATE)})
     inst = start("--config-dir", str(host.volume), "--node-name", "node-g", "--resync-seconds", "0.3")
