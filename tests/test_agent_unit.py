@@ -82,9 +82,22 @@ def test_nat_ruleset_keeps_pod_sources_and_masquerades_the_rest() -> None:
     assert "chain" not in ruleset([], [], True)
 
 
-def test_node_watcher_follows_changes_relists_after_410_and_patch_reaches_it(tmp_path: Path) -> None:
+def test_node_watcher_follows_changes_relists_after_410_and_patch_reaches_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """... and the watch events stay JSON dicts: the client's model deserialiser (~15x json.loads for
+    a Node) never runs for them (it did when the watch went through kubernetes.watch.Watch)."""
+    from kubernetes.client import ApiClient
+
     from pycni.installer.kube import api_client
 
+    models = []
+    real_deserialize = ApiClient.deserialize
+
+    def deserialize(self, *args, **kwargs):  # a spy on the real method
+        models.append(args[1] if len(args) > 1 else kwargs.get("response_type"))
+        return real_deserialize(self, *args, **kwargs)
+
+    monkeypatch.setattr(ApiClient, "deserialize", deserialize)
     with FakeKubeAPI() as api:
         api.put_node("n1", ["10.244.1.0/24"])
         kubeconfig = api.write_kubeconfig(tmp_path / "kubeconfig")
@@ -114,6 +127,7 @@ def test_node_watcher_follows_changes_relists_after_410_and_patch_reaches_it(tmp
             api.compact()
             wait(lambda: "n3" in store.snapshot(), "n3 after relist")
             assert "gone" in restarts, restarts  # 410 Gone: listed again
+            assert not models, f"watch events deserialised into models: {models}"
             # PATCH (strategic merge, as patch_node sends it) lands, and the watch brings it
             from pycni.agent.annotate import VtepAnnotator
 
