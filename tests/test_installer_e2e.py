@@ -13,14 +13,12 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import pytest
 
-from helpers import ROOT
+from helpers import ROOT, probe
 from helpers import stop_process
 from helpers import wait_until as wait_for
 from k8s_fake_api import FakeKubeAPI
@@ -133,13 +131,7 @@ class Installer:
             env=env, cwd=str(ROOT), stdout=subprocess.DEVNULL, stderr=self._log)
 
     def get(self, path: str) -> Tuple[int, str]:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=5) as resp:
-                return resp.status, resp.read().decode()
-        except urllib.error.HTTPError as exc:
-            return exc.code, exc.read().decode()
-        except OSError:
-            return 0, ""
+        return probe(self.port, path)
 
     def ready(self) -> bool:
         return self.get("/readyz")[0] == 200
