@@ -12,9 +12,9 @@ import threading
 import time
 from typing import List, Optional
 
-from pycni.installer.log import Log
+from pycni.installer.log import Log, configure
+from pycni.installer.network import ConfigError, NetworkConfig, parse_network_config
 
-from .config import ConfigError, NetworkConfig, parse_network_config
 from .health import AgentStatus
 from .settings import Settings, parse
 
@@ -114,7 +114,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     except ValueError as exc:
         sys.stderr.write(f"pycni-agent: {exc}\n")
         sys.exit(2)
-    log = Log(settings.log_level)
+    log = configure(settings.log_level, "pycni.agent")
     status = AgentStatus()
     stop, wake = threading.Event(), threading.Event()
 

@@ -33,7 +33,11 @@ class Metrics:
         self.lines: List[str] = []
 
     def add(self, name: str, kind: str, help_text: str, samples: Dict[str, Any]) -> None:
-        """`samples`: labels (see `labels`, "" for none) -> value."""
+        """`samples`: labels (see `labels`, "" for none) -> value.
+
+        A labelled family with no sample yet has no series at all: a placeholder `{"": 0}` would
+        be a different series that vanishes at the first real sample (Prometheus sees it go stale).
+        """
         self.lines.append(f"# HELP {self.prefix}{name} {help_text}")
         self.lines.append(f"# TYPE {self.prefix}{name} {kind}")
         for label_text, value in samples.items():
@@ -87,15 +91,15 @@ class Status(LockedStatus):
             out.add("syncs_total", "counter", "Sync passes by result (written, unchanged, rejected, waiting, error).",
                     {labels(result=k): v for k, v in sorted(self.syncs.items())} or {labels(result="written"): 0})
             out.add("rejections_total", "counter", "Distinct config inputs rejected, by kind.",
-                    {labels(kind=k): v for k, v in sorted(self.rejections.items())} or {"": 0})
+                    {labels(kind=k): v for k, v in sorted(self.rejections.items())})
             out.add("last_successful_sync_timestamp_seconds", "gauge",
                     "Unix time of the last sync that left the node's conflist and binaries as desired.",
                     {"": float(self.last_success)})
             out.add("config_info", "gauge", "sha256 of the conflist last written or confirmed on the node.",
                     {labels(sha256=self.config_hash): 1} if self.config_hash else {})
-            out.add("config_rejected", "gauge", "1 while the current config input is rejected (reason label).",
-                    {labels(kind=self.rejection[0], reason=self.rejection[1][:300]): 1} if self.rejection
-                    else {"": 0})
+            out.add("config_rejected", "gauge", "1 while the current config input is rejected (reason label); "
+                    "absent while it is not.",
+                    {labels(kind=self.rejection[0], reason=self.rejection[1][:300]): 1} if self.rejection else {})
             out.add("ready", "gauge", "1 when binaries are installed and the current config is written.",
                     {"": int(ready)})
             out.add("binary_copies_total", "counter", "Plugin binaries copied into the host bin dir.",

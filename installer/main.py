@@ -9,7 +9,7 @@ import time
 from typing import List, Optional
 
 from .health import HealthServer, Status
-from .log import Log
+from .log import configure
 from .reconcile import BLOCKED, REJECTED, Installer
 from .settings import Settings, parse
 from .uninstall import uninstall
@@ -55,7 +55,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     except ValueError as exc:
         sys.stderr.write(f"pycni-installer: {exc}\n")
         sys.exit(2)
-    log = Log(settings.log_level)
+    log = configure(settings.log_level, "pycni.installer")
     if settings.command == "uninstall":
         sys.exit(uninstall(settings, log))
 

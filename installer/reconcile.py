@@ -117,7 +117,7 @@ class Installer:
 
     def _overlay_mtu(self, host: int) -> int:
         """The pod MTU: the host's, less the VXLAN overhead when the node agent runs the vxlan backend."""
-        from pycni.agent.config import KEY, pod_mtu
+        from .network import KEY, pod_mtu
 
         sources = [s for s in (self.configmap if self.configmap and self.configmap.synced else None, self.volume) if s]
         text = next((t for t in (s.text(KEY) for s in sources) if t is not None), None)

@@ -65,6 +65,18 @@ def stop_process(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: flo
     return proc.returncode
 
 
+def probe(port: int, path: str, host: str = "127.0.0.1", timeout: float = 5.0) -> Tuple[int, str]:
+    """GET a health endpoint (/healthz, /readyz, /metrics) as a kubelet probe or a scraper does:
+    (status, body); (0, "") when nothing answers (not started yet, or gone)."""
+    import requests
+
+    try:
+        resp = requests.get(f"http://{host}:{port}{path}", timeout=timeout)
+    except requests.RequestException:
+        return 0, ""
+    return resp.status_code, resp.text
+
+
 def unique(prefix: str = "t") -> str:
     """A short unique name, safe as a netns, link (<= 15 chars with prefix <= 6) or network name."""
     return f"{prefix}{uuid.uuid4().hex[:8]}"

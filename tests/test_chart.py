@@ -341,7 +341,7 @@ def check_server(docs: List[Dict[str, Any]], values: Dict[str, Any]) -> None:
 def check_agent(docs: List[Dict[str, Any]], values: Dict[str, Any]) -> None:
     """pycni-agent: its env interface, probes on agent.healthPort, NET_ADMIN + NET_RAW only, and
     network.yaml in the ConfigMap exactly when it runs (the installer's __MTU__ reads it)."""
-    from pycni.agent.config import NetworkConfig, VxlanConfig, parse_network_config
+    from pycni.installer.network import NetworkConfig, VxlanConfig, parse_network_config
 
     (cm,) = by_kind(docs, "ConfigMap")
     if not enabled(values, "agent"):
@@ -489,8 +489,8 @@ def test_masquerade_has_one_owner(values: Dict[str, Any], helm: str, tmp_path: P
 
 
 def test_network_defaults_mirror_the_agent() -> None:
-    """values.yaml `network`, the schema's defaults and pycni.agent.config agree on every default."""
-    from pycni.agent.config import NetworkConfig
+    """values.yaml `network`, the schema's defaults and pycni.installer.network agree on every default."""
+    from pycni.installer.network import NetworkConfig
     from pycni.agent.settings import parse as parse_agent_settings
 
     values = yaml.safe_load((CHART / "values.yaml").read_text())["network"]
@@ -531,7 +531,7 @@ NETWORK_CASES = [  # (network values, accepted)
 def test_network_schema_agrees_with_the_agent(case: Dict[str, Any], accepted: bool, helm: str,
                                               tmp_path: Path) -> None:
     """A `network` value the schema takes is one the agent takes, and the other way round."""
-    from pycni.agent.config import ConfigError, parse_network_config
+    from pycni.installer.network import ConfigError, parse_network_config
 
     proc = template(helm, *_values_args({"network": case}, tmp_path))
     assert (proc.returncode == 0) == accepted, proc.stderr

@@ -1,4 +1,5 @@
-"""The network settings the agent reads from the pycni ConfigMap (the one holding the conflist).
+"""The network settings in the pycni ConfigMap (the one holding the conflist): the agent runs them,
+the installer derives the pods' MTU from them (`pod_mtu`), so they live below both.
 
 Data key `network.yaml` (YAML or JSON), every field optional:
 
