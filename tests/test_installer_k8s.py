@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 import shutil
 import socket
@@ -18,7 +19,7 @@ import pytest
 
 from helpers import ROOT, exec_plugin, in_netns, netns_path, plugin_env, unique, wait_until
 from pycni.installer.health import Status
-from pycni.installer.log import Log
+from pycni.installer.log import JsonFormatter, Log
 from pycni.installer.reconcile import REJECTED, WAITING, Installer
 from pycni.installer.settings import parse
 from pycni.installer.state import STATE_NAME
@@ -43,10 +44,21 @@ class Node:
 
     def installer(self, *extra: str) -> Installer:
         """An installer with its sources started (stopped at the end of the test)."""
-        installer = Installer(parse(self.args(*extra), {}), Log("error", io.StringIO()), Status())
+        installer = Installer(parse(self.args(*extra), {}), Log("error"), Status())
         installer.start_sources()
         self.started.append(installer)
         return installer
+
+
+def captured_log() -> Tuple[Log, io.StringIO]:
+    """An info-level event log whose JSON lines land in the returned stream (and nowhere else)."""
+    stream = io.StringIO()
+    log = Log("info", name=unique("log"))
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter())
+    log.logger.addHandler(handler)
+    log.logger.propagate = False
+    return log, stream
 
 
 @pytest.fixture
@@ -113,9 +125,9 @@ def test_an_unreachable_api_is_named_on_readyz_and_in_the_log(node: Node, tmp_pa
          "ipam": {"type": "pycni-host-local", "ranges": "__POD_CIDR_RANGES__"}}]))
     from pycni.installer.kube import api_client
 
-    stream = io.StringIO()
+    log, stream = captured_log()
     installer = Installer(parse(node.args("--node-name", "node-x"), {"KUBECONFIG": str(kubeconfig)}),
-                          Log("info", stream), Status(), api_factory=lambda: api_client({"KUBECONFIG": str(kubeconfig)}))
+                          log, Status(), api_factory=lambda: api_client({"KUBECONFIG": str(kubeconfig)}))
     installer.start_sources()
     try:
         def cause() -> str:
@@ -170,7 +182,7 @@ def test_loopback_installed_where_free_and_removed_by_uninstall(node: Node) -> N
     assert str(node.bin / "loopback") in json.loads((node.bin / STATE_NAME).read_text())["binaries"]
     assert installer.sync("again") in ("unchanged", "written") and installer.status.binary_copies == len(
         list(node.src.iterdir())) + 1  # nothing copied twice
-    assert uninstall(installer.s, Log("error", io.StringIO())) == 0
+    assert uninstall(installer.s, Log("error")) == 0
     assert not (node.bin / "loopback").exists() and not (node.bin / "pycni-bridge").exists()
 
 
@@ -191,7 +203,7 @@ def test_a_loopback_we_did_not_write_is_never_touched(when: str, node: Node) -> 
         installer.sync("resync")
         node.installer().sync("restarted installer")
     assert (node.bin / "loopback").read_bytes() == theirs
-    uninstall(installer.s, Log("error", io.StringIO()))
+    uninstall(installer.s, Log("error"))
     assert (node.bin / "loopback").read_bytes() == theirs
     assert not (node.bin / "pycni-loopback").exists()
 
