@@ -6,7 +6,7 @@ PYTHON = $(VENV)/bin/python
 PYTEST = $(PYTHON) -m pytest -n 2 -q -p no:cacheprovider -p no:benchmark
 export PYTHONPATH :=
 
-.PHONY: deps zipapps test test-standalone test-server demo bench manifest clean
+.PHONY: deps zipapps lint test test-standalone test-server demo bench manifest clean
 
 deps:
 	@VENV=$(VENV) tools/install-deps.sh
@@ -14,8 +14,12 @@ deps:
 zipapps: deps
 	$(PYTHON) zipapp/build.py --out dist/bin
 
+# Import layers (.importlinter; plugins/README.md says them in words).
+lint: deps
+	$(VENV)/bin/lint-imports --no-cache
+
 # Every tier runs twice: plugins exec'd standalone, then through a pycni-server node server.
-test: deps zipapps test-standalone test-server
+test: deps zipapps lint test-standalone test-server
 
 test-standalone:
 	$(PYTEST) tests
