@@ -13,6 +13,8 @@ import socket
 import struct
 from contextlib import contextmanager
 
+from pycni.plugins.core.record import Record
+
 TYPE_CHECKING = False  # typing is not imported at run time: it costs every exec milliseconds
 if TYPE_CHECKING:
     from typing import Dict, Iterator, List, Optional, Sequence, Tuple  # noqa: F401 (Request)
@@ -128,23 +130,19 @@ def _u32(data: Optional[bytes]) -> int:
     return struct.unpack("=I", data[:4])[0] if data else 0
 
 
-class _Record:
-    """A plain record (dataclasses cost milliseconds to create at import, on every exec)."""
-
-    __slots__: Tuple[str, ...] = ()
-
-    def __init__(self, *values: object) -> None:
-        for name, value in zip(self.__slots__, values):
-            setattr(self, name, value)
-
-    def __repr__(self) -> str:
-        inner = ", ".join(f"{n}={getattr(self, n)!r}" for n in self.__slots__)
-        return f"{type(self).__name__}({inner})"
-
-
-class Link(_Record):
+class Link(Record):
     # parent is IFLA_LINK: the peer of a veth, the lower device of a macvlan
     __slots__ = ("index", "name", "flags", "mtu", "mac", "master", "kind", "alias", "parent", "info_data")
+    index: int
+    name: str
+    flags: int
+    mtu: int
+    mac: str
+    master: int
+    kind: str
+    alias: str
+    parent: int
+    info_data: Dict[int, bytes]
 
     @property
     def up(self) -> bool:
@@ -164,8 +162,13 @@ class Link(_Record):
         )
 
 
-class Addr(_Record):
+class Addr(Record):
     __slots__ = ("family", "prefixlen", "index", "scope", "address")
+    family: int
+    prefixlen: int
+    index: int
+    scope: int
+    address: str
 
     @classmethod
     def decode(cls, payload: bytes) -> "Addr":
@@ -175,8 +178,13 @@ class Addr(_Record):
         return cls(family, prefixlen, index, scope, socket.inet_ntop(family, raw) if raw else "")
 
 
-class RouteEntry(_Record):
-    __slots__ = ("family", "dst", "gateway", "oif", "table")  # dst is "address/prefixlen"
+class RouteEntry(Record):
+    __slots__ = ("family", "dst", "gateway", "oif", "table")
+    family: int
+    dst: str  # "address/prefixlen"
+    gateway: str
+    oif: int
+    table: int
 
     @classmethod
     def decode(cls, payload: bytes) -> "RouteEntry":
