@@ -111,13 +111,54 @@ def test_a_new_build_gets_its_own_cache_and_reproducible_builds_are_identical(tm
     src = tmp_path / "src"
     shutil.copytree(ROOT / "plugins", src / "plugins")
     shutil.copytree(ROOT / "zipapp", src / "zipapp")
-    (src / "plugins" / "versions.py").write_text((src / "plugins" / "versions.py").read_text() + "\n# changed\n")
+    (src / "plugins" / "core" / "versions.py").write_text((src / "plugins" / "core" / "versions.py").read_text() + "\n# changed\n")
     subprocess.run([sys.executable, str(src / "zipapp" / "build.py"), "--out", str(out2), "pycni-host-local"],
                    check=True, stdout=subprocess.DEVNULL)
     cache = tmp_path / "cache"
     for out in (out1, out2):
         assert version_call("/usr/bin/python3", out / "pycni-host-local", cache).returncode == 0
     assert len(list(cache.iterdir())) == 2
+
+
+ECHO_PLUGIN = """
+from pycni.plugins.core.plugin import Plugin
+from pycni.plugins.core.result import Interface, Result
+
+
+class Echo(Plugin):
+    name = "pycni-echo"
+    delegates_ipam = False
+
+    def add(self, ctx):
+        return Result(interfaces=[Interface(ctx.inv.ifname)])
+
+
+PLUGIN = Echo()
+"""
+
+
+def test_a_new_plugin_is_one_module_plus_one_row_of_the_plugin_table(tmp_path: Path) -> None:
+    """core/registry.py is the one plugin table: build.py builds a plugin added there and its binary runs it."""
+    src = tmp_path / "src"
+    shutil.copytree(ROOT / "plugins", src / "plugins", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(ROOT / "zipapp", src / "zipapp", ignore=shutil.ignore_patterns("__pycache__"))
+    (src / "plugins" / "main" / "echo.py").write_text(ECHO_PLUGIN)
+    registry = src / "plugins" / "core" / "registry.py"
+    text = registry.read_text()
+    assert "\nPLUGINS = (\n" in text
+    registry.write_text(text.replace("\nPLUGINS = (\n", '\nPLUGINS = (\n    ("pycni-echo", "pycni.plugins.main.echo", ()),\n'))
+    out = tmp_path / "bin"
+    # Run from a directory without pycni on the path: the build loads the table by path.
+    subprocess.run(["/usr/bin/python3", "-I", str(src / "zipapp" / "build.py"), "--out", str(out), "pycni-echo"],
+                   check=True, stdout=subprocess.DEVNULL, cwd="/")
+    env = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "c1", "CNI_NETNS": "/proc/self/ns/net", "CNI_IFNAME": "eth7",
+           "CNI_PATH": str(out), "PATH": RUNTIME_PATH, "PYCNI_CACHE_DIR": str(tmp_path / "cache"),
+           wire.SOCKET_ENV: str(tmp_path / "no-server.sock")}
+    conf = {"cniVersion": "1.1.0", "name": "n", "type": "pycni-echo"}
+    proc = subprocess.run([str(out / "pycni-echo")], env=env, input=json.dumps(conf).encode(),
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=60)
+    assert proc.returncode == 0, (proc.stdout, proc.stderr)
+    assert json.loads(proc.stdout)["interfaces"] == [{"name": "eth7"}]
 
 
 def test_version_imports_only_the_dispatch_core(bin_dir: Path, tmp_path: Path) -> None:

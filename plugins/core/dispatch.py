@@ -37,6 +37,29 @@ def _error_version(stdin: bytes) -> str:
     return version if version in SUPPORTED_VERSIONS else CURRENT_VERSION
 
 
+def run_request(plugin_name: str, environ: Mapping[str, str], stdin: bytes,
+                runner: Optional[Callable] = None) -> Tuple[bytes, int]:
+    """One request to the pycni binary `plugin_name` (core/registry.py).
+
+    The one path of every request: an exec (entry.main), the node server's
+    workers and an in-process IPAM delegate of the same build (samebuild.py).
+    """
+    from pycni.plugins.core.registry import load
+
+    return run(lambda: load(plugin_name), environ, stdin, runner)
+
+
+def warm_up() -> None:
+    """Import everything a request imports lazily, for every plugin of the table (node server)."""
+    import json  # noqa: F401
+
+    from pycni.plugins.core import config, delegate, env, log, plugin  # noqa: F401  (_run_verb's lazy imports)
+    from pycni.plugins.core.registry import PLUGIN_MODULES, load
+
+    for name in PLUGIN_MODULES:
+        load(name).warm_up()
+
+
 def run(load_plugin: PluginLoader, environ: Mapping[str, str], stdin: bytes,
         runner: Optional[Callable] = None) -> Tuple[bytes, int]:
     """Execute one CNI request. `runner` replaces exec for IPAM delegation (see invoke.Runner)."""

@@ -25,6 +25,7 @@ from typing import Dict, Optional
 
 from pycni.plugins.server import wire
 from pycni.plugins.core.buildinfo import own_code_id
+from pycni.plugins.core.dispatch import warm_up
 from pycni.plugins.server.memory import SharedCounters, madvise_function, own_private_pages
 from pycni.plugins.server.request import HEALTH_PLUGIN, serve_connection
 
@@ -42,18 +43,6 @@ def check_sysctl_root() -> None:
     if not os.path.isfile(os.path.join(PROC_SYS, "net", "ipv4", "ip_forward")):
         raise SystemExit(f"pycni-server: no net sysctls under {PROC_SYS} (PYCNI_PROC_SYS): "
                          "mount the host's /proc/sys/net there")
-
-
-def warm_up() -> None:
-    """Import every plugin and what its verbs import lazily, so forked workers start warm."""
-    import json  # noqa: F401
-
-    from pycni.plugins.core import config, delegate, dispatch, env, log, plugin, registry  # noqa: F401
-
-    for name in registry.PLUGIN_MODULES:
-        warm = getattr(registry.load(name), "warm_up", None)
-        if callable(warm):
-            warm()
 
 
 class Server:
@@ -99,7 +88,7 @@ class Server:
 
     def serve_forever(self) -> None:
         check_sysctl_root()
-        warm_up()
+        warm_up()  # every plugin of the table and what its verbs import lazily: forked workers start warm
         self.madvise = madvise_function()
         listener = self.listen()
         listener.setblocking(False)  # shared with the workers: accept never blocks anyone
