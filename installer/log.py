@@ -5,13 +5,13 @@ import json
 import sys
 import threading
 import time
-from typing import Any, TextIO
+from typing import Any, Optional, TextIO
 
 LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40}
 
 
 class Log:
-    def __init__(self, level: str = "info", stream: TextIO = None) -> None:
+    def __init__(self, level: str = "info", stream: Optional[TextIO] = None) -> None:
         if level not in LEVELS:
             raise ValueError(f"log level must be one of {', '.join(LEVELS)}, got {level!r}")
         self.threshold = LEVELS[level]

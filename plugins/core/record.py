@@ -12,11 +12,11 @@ from __future__ import annotations
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any, Dict
+    from typing import Any, Dict, Tuple
 
 
 class Record:
-    __slots__ = ()
+    __slots__: "Tuple[str, ...]" = ()
     _defaults: "Dict[str, Any]" = {}
 
     def __init__(self, *args: "Any", **kwargs: "Any") -> None:
@@ -46,7 +46,7 @@ class Record:
         return tuple(getattr(self, name) for name in self.__slots__)
 
     def __eq__(self, other: object) -> bool:
-        return type(other) is type(self) and self._values() == other._values()  # type: ignore[attr-defined]
+        return type(other) is type(self) and self._values() == other._values()
 
     __hash__ = None  # type: ignore[assignment]
 

@@ -17,7 +17,10 @@ from pycni.plugins.core.record import Record
 
 TYPE_CHECKING = False  # typing is not imported at run time: it costs every exec milliseconds
 if TYPE_CHECKING:
-    from typing import Dict, Iterator, List, Optional, Sequence, Tuple  # noqa: F401 (Request)
+    from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+
+    # (message type, extra flags, payload, what it does, for errors); for annotations only
+    Request = Tuple[int, int, bytes, str]
 
 # netlink header and flags
 NLMSG_ERROR, NLMSG_DONE = 2, 3
@@ -200,9 +203,6 @@ class RouteEntry(Record):
 
 
 # ---------------------------------------------------------------- the socket
-
-Request = "Tuple[int, int, bytes, str]"  # (message type, extra flags, payload, what it does, for errors)
-
 
 class RtSocket:
     """An rtnetlink socket bound in the network namespace that was current when it was made."""

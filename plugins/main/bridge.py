@@ -71,7 +71,7 @@ def parse_vlan_trunk(value) -> List[Tuple[int, int]]:
     for item in value:
         if not isinstance(item, dict):
             raise CNIError(INVALID_CONFIG, f"vlanTrunk: invalid entry {item!r}")
-        ids = {k: item.get(k) for k in ("id", "minID", "maxID") if item.get(k) is not None}
+        ids = {k: item[k] for k in ("id", "minID", "maxID") if item.get(k) is not None}
         for key, vid in ids.items():
             if isinstance(vid, bool) or not isinstance(vid, int) or not 1 <= vid <= 4094:
                 raise CNIError(INVALID_CONFIG, f"vlanTrunk: invalid VLAN ID {vid!r} in {key} (must be 1..4094)")

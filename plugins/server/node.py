@@ -21,7 +21,7 @@ import socket
 import struct
 import sys
 from contextlib import suppress
-from typing import Dict, Optional
+from typing import Callable, Dict, Optional
 
 from pycni.plugins.server import wire
 from pycni.plugins.core.buildinfo import own_code_id
@@ -62,7 +62,7 @@ class Server:
         self.counters = SharedCounters()
         self.stopping = False
         self.socket_inode = 0
-        self.madvise = None
+        self.madvise: Optional[Callable[[int, int, int], int]] = None
         # A worker writes its pid to `taken` when it accepted a connection; idle workers
         # exit when `stop` reads end-of-file (the server closed it, or died).
         self.taken_r, self.taken_w = os.pipe()
