@@ -19,6 +19,7 @@ import pytest
 
 from helpers import ROOT, RUNTIME_PATH
 from pycni.plugins.server import wire
+from pycni.plugins.core.registry import PLUGIN_MODULES
 from pycni.plugins.core.versions import SUPPORTED_VERSIONS
 
 PLUGINS = ["pycni-bridge", "pycni-macvlan", "pycni-host-local", "pycni-dns"]
@@ -173,6 +174,31 @@ def test_version_imports_only_the_dispatch_core(bin_dir: Path, tmp_path: Path) -
         heavy = {"json", "typing", "dataclasses", "subprocess", "socket", "pycni.plugins.kernel.netlink",
                  "pycni.plugins.core.config", "pycni.plugins." + plugin.split("-", 1)[1].replace("-", "")}
         assert not imported & heavy, imported & heavy
+
+
+def test_add_imports_no_typing_or_dataclasses(bin_dir: Path, tmp_path: Path) -> None:
+    """The types are for the checker only: an ADD (the exec a pod start waits for) loads neither module.
+
+    Each plugin's ADD runs far enough to import its plugin module and what its verb imports
+    (bridge and macvlan then fail on the missing netns, which is fine here).
+    """
+    conf = {"cniVersion": "1.1.0", "name": "imports", "ipam": {"type": "pycni-host-local", "subnet": "10.250.0.0/24",
+                                                               "dataDir": str(tmp_path / "ipam")},
+            "dataDir": str(tmp_path / "ipam"), "subnet": "10.250.0.0/24", "stateDir": str(tmp_path / "dns")}
+    env = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "imports", "CNI_NETNS": str(tmp_path / "no-netns"),
+           "CNI_IFNAME": "eth0", "CNI_PATH": str(bin_dir), "PATH": RUNTIME_PATH, "PYCNI_CACHE_DIR": str(tmp_path),
+           wire.SOCKET_ENV: str(tmp_path / "no-server.sock")}
+    for plugin in PLUGINS:
+        stdin = json.dumps(dict(conf, type=plugin, ipam=conf["ipam"] if plugin != "pycni-host-local" else
+                                {k: v for k, v in conf["ipam"].items() if k != "type"})).encode()
+        proc = subprocess.run(["/usr/bin/python3", "-X", "importtime", str(bin_dir / plugin)], env=env,
+                              input=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=60)
+        imported = {line.split("|")[-1].strip() for line in proc.stderr.decode().splitlines() if "|" in line}
+        # (-X importtime lists what import statements load, not the plugin module itself: registry.load
+        # imports it through importlib; the modules of its package that it imports are listed.)
+        package = PLUGIN_MODULES[plugin].rsplit(".", 1)[0] + "."
+        assert any(name.startswith(package) for name in imported), (plugin, proc.stdout)
+        assert not imported & {"typing", "dataclasses"}, (plugin, imported & {"typing", "dataclasses"})
 
 
 def test_replacing_the_file_mid_start_with_another_layout_is_harmless(bin_dir: Path, tmp_path: Path) -> None:
