@@ -21,9 +21,14 @@ class Record:
 
     def __init__(self, *args: "Any", **kwargs: "Any") -> None:
         names = self.__slots__
+        setter = object.__setattr__  # FrozenRecord's own __setattr__ refuses
         if not kwargs and len(args) == len(names):  # every field by position (the netlink decoders)
             for name, value in zip(names, args):
-                object.__setattr__(self, name, value)
+                setter(self, name, value)
+            return
+        if not args and len(kwargs) == len(names) and all(name in kwargs for name in names):  # every field by keyword
+            for name in names:
+                setter(self, name, kwargs[name])
             return
         if len(args) > len(names):
             raise TypeError(f"{type(self).__name__} takes at most {len(names)} arguments")
@@ -40,7 +45,7 @@ class Record:
                 value = default() if callable(default) else default
             else:
                 raise TypeError(f"{type(self).__name__} is missing argument {name!r}")
-            object.__setattr__(self, name, value)
+            setter(self, name, value)
 
     def _values(self) -> tuple:
         return tuple(getattr(self, name) for name in self.__slots__)
