@@ -40,7 +40,7 @@ bench: deps zipapps
 	$(PYTHON) bench/run.py
 
 # Regenerate the kubectl manifest charts/pycni.yaml from the chart (a test fails when it is stale).
-manifest:
+manifest: deps
 	$(PYTHON) tools/render-manifest.py
 
 clean:

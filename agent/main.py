@@ -82,7 +82,9 @@ def run(settings: Settings, log: Log, stop: threading.Event, wake: threading.Eve
     try:
         while not stop.is_set():
             if not (store.synced and configs.ready()):
-                status.update(reason="waiting for the first list of Nodes and the ConfigMap")
+                causes = [w.problem() for w in (watcher, source.watcher if source else None) if w is not None]
+                status.update(reason="waiting for the first list of Nodes and the ConfigMap"
+                              + "".join(f": {c}" for c in causes if c))
                 wake.wait(1.0)
                 wake.clear()
                 continue

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from .binaries import BinaryError, BinaryInstaller
@@ -11,7 +12,7 @@ from .health import Status
 from .kube import KubeUnavailable
 from .log import Log
 from .mtu import host_mtu
-from .nodecheck import NodeChecker, conflist_binaries
+from .nodecheck import NodeChecker, SetupError, conflist_binaries
 from .render import NEEDS_POD_CIDRS, NodeFacts, TemplateError, WaitingForNode, parse_template, \
     placeholders_used, render
 from .settings import Settings
@@ -36,9 +37,10 @@ class Installer:
         self.api_factory = api_factory
         self.stop = threading.Event()
         self.wake = threading.Event()
-        self.binaries = BinaryInstaller(settings.source_dir, settings.bin_dir, log)
         self.writer = ConfWriter(settings.conf_dir, settings.conf_name, log)
         self.manifest = Manifest(settings.bin_dir)
+        self.binaries = BinaryInstaller(settings.source_dir, settings.bin_dir, log,
+                                        written=lambda path: self.manifest.data["binaries"].get(str(path)))
         self.nodecheck = NodeChecker(settings.bin_dir, settings.host_root, settings.host_root_explicit,
                                      settings.host_bin_dir, settings.in_pod, settings.binary_check_timeout, log,
                                      settings.runtime_path)
@@ -109,7 +111,8 @@ class Installer:
             text = self.volume.text()
             return text, self.volume.label if text is not None else f"{self.volume.label}: no such file"
         if cm is not None:
-            return None, f"{cm.label}: not listed yet"
+            cause = cm.watcher.problem()
+            return None, f"{cm.label}: not listed yet" + (f": {cause}" if cause else "")
         return None, "no config source (set --config-dir and/or --configmap)"
 
     def _overlay_mtu(self, host: int) -> int:
@@ -138,7 +141,9 @@ class Installer:
                                     f"{self._api_error}")
             cidrs = node.known_cidrs()
             if cidrs is None:
-                raise WaitingForNode(f"waiting for the first list of node {self.s.node_name}")
+                cause = node.watcher.problem()
+                raise WaitingForNode(f"waiting for the first list of node {self.s.node_name}"
+                                     + (f": {cause}" if cause else ""))
             if not node.exists:
                 raise WaitingForNode(f"waiting for node {self.s.node_name} to be registered")
         return NodeFacts(self.s.node_name, cidrs, mtu)
@@ -176,7 +181,7 @@ class Installer:
             template = parse_template(text)
             facts = self._facts(placeholders_used(template))
             rendered = render(template, facts)
-            conflist = validate(rendered, self.s.bin_dir)
+            conflist = validate(rendered, self.s.bin_dir, self._node_bin_dir())
         except WaitingForNode as exc:
             self.status.update(config_ok=False, rejection=None, reason=str(exc))
             self._keep_last_good()
@@ -200,6 +205,19 @@ class Installer:
         self.status.update(config_ok=True, rejection=None, reason="ok", last_success=time.time(),
                            config_hash=digest)
         return WRITTEN if written else UNCHANGED
+
+    def _node_bin_dir(self) -> str:
+        """The bin dir as the node names it, for messages (our /host/opt/cni/bin is its /opt/cni/bin)."""
+        if self.s.host_bin_dir:
+            return self.s.host_bin_dir
+        try:
+            root, path = self.nodecheck.view()
+            if root != Path("/"):
+                return path
+        except SetupError:
+            pass
+        text = str(self.s.bin_dir)
+        return text[len("/host"):] if text.startswith("/host/") else text
 
     def _binaries_run(self, conflist: Dict[str, Any]) -> bool:
         """Every binary the conflist names answers VERSION on the node (see nodecheck.py); else report."""

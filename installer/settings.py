@@ -43,6 +43,10 @@ class Settings:
     pod_name: str = ""
     pod_namespace: str = ""
     pod_uid: str = ""
+    # uninstall: also the node's pycni state (cleanup.py); then wait for SIGTERM, marker written
+    node_cleanup: bool = False
+    idle: bool = False
+    done_marker: str = "/tmp/pycni-uninstalled"
 
     @property
     def conf_path(self) -> Path:
@@ -134,6 +138,12 @@ def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     p.add_argument("--pod-namespace", default=e("PYCNI_POD_NAMESPACE", ""))
     p.add_argument("--pod-uid", default=e("PYCNI_POD_UID", ""),
                    help="this Pod's uid (downward API metadata.uid): kubectl describe pod matches Events by it")
+    p.add_argument("--node", dest="node_cleanup", action="store_true",
+                   help="uninstall: also remove the node's pycni state (agent nft table and routes, our "
+                        "bridges, IPAM stores, DNS state)")
+    p.add_argument("--idle", action="store_true",
+                   help="uninstall: when done, write --done-marker and wait for SIGTERM (a DaemonSet pod)")
+    p.add_argument("--done-marker", default=e("PYCNI_DONE_MARKER", "/tmp/pycni-uninstalled"))
     return p
 
 
@@ -197,4 +207,7 @@ def parse(argv: Optional[List[str]], env: Mapping[str, str]) -> Settings:
         pod_name=args.pod_name,
         pod_namespace=args.pod_namespace,
         pod_uid=args.pod_uid,
+        node_cleanup=args.node_cleanup,
+        idle=args.idle,
+        done_marker=args.done_marker,
     )

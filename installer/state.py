@@ -50,6 +50,15 @@ class Manifest:
             self.data["moved_aside"].extend([str(conf_dir), a, b] for a, b in moved)
             self._save()
 
+    def keep_cleanup_input(self, conflists: List[bytes]) -> List[bytes]:
+        """The conflists a node cleanup works from: those given, saved here (while the manifest
+        exists) so that a retry after their files are gone still has them; else the saved ones."""
+        saved = [c.encode() for c in self.data.get("cleanup_conflists", [])]
+        if conflists and self.path.exists():
+            self.data["cleanup_conflists"] = [c.decode(errors="replace") for c in conflists]
+            self._save()
+        return conflists or saved
+
     def remove(self) -> None:
         try:
             self.path.unlink()

@@ -17,6 +17,14 @@ from typing import Any, Callable, Dict, Optional
 from .log import Log
 
 OnChange = Callable[[Optional[Dict[str, Any]]], None]
+# A dropped watch is routine; this many failures in a row is a cause worth naming (log, /readyz).
+REPORT_AFTER_FAILURES = 3
+
+
+def api_endpoint(list_func: Callable[..., Any]) -> str:
+    """The API server URL a generated client method talks to ("?" when it cannot be told)."""
+    api = getattr(getattr(list_func, "__self__", None), "api_client", None)
+    return str(getattr(getattr(api, "configuration", None), "host", "") or "?")
 
 
 class Backoff:
@@ -46,12 +54,35 @@ class ObjectWatcher:
         self.watch_timeout = watch_timeout
         self.on_restart = on_restart or (lambda why: None)
         self.backoff = Backoff()
+        self.endpoint = api_endpoint(list_func)
+        self.failures = 0  # in a row; 0 once the API answered again
+        self.last_error = ""
         self.rv: Optional[str] = None  # last resourceVersion seen (events and bookmarks); None = list
         self.thread = threading.Thread(target=self._run, name=f"watch {label}", daemon=True)
 
     def start(self) -> "ObjectWatcher":
         self.thread.start()
         return self
+
+    def problem(self) -> str:
+        """Why this source has no data, once failures repeat: the endpoint and the last error ("" else)."""
+        if self.failures < REPORT_AFTER_FAILURES:
+            return ""
+        return (f"API server {self.endpoint} not reachable ({self.failures} failures in a row, "
+                f"last: {self.last_error})")
+
+    def _failed(self, why: str) -> None:
+        self.failures += 1
+        self.last_error = why
+        if self.failures == REPORT_AFTER_FAILURES:
+            self.log.error("api_unreachable", source=self.label, endpoint=self.endpoint, failures=self.failures,
+                           why=why, hint="from a host-network pod before kube-proxy runs (or without it), set "
+                                         "the API server's address (chart: kubernetes.apiServer.host/port)")
+
+    def _answered(self) -> None:
+        if self.failures >= REPORT_AFTER_FAILURES:
+            self.log.info("api_reachable", source=self.label, endpoint=self.endpoint, after_failures=self.failures)
+        self.failures = 0
 
     def _list(self) -> None:
         resp = self.list_func(*self.args, field_selector=self.selector, _preload_content=False,
@@ -89,8 +120,10 @@ class ObjectWatcher:
             try:
                 if self.rv is None:
                     self._list()
+                    self._answered()
                     self.log.info("watch_listed", source=self.label, resource_version=self.rv)
                 self._watch()  # returns at the server-side timeout: watch again
+                self._answered()
             except ApiException as exc:
                 if exc.status == 410:
                     self.log.info("watch_expired", source=self.label, resource_version=self.rv,
@@ -99,12 +132,14 @@ class ObjectWatcher:
                     self.rv = None
                     continue
                 self.on_restart("error")
+                self._failed(f"HTTP {exc.status} {exc.reason}")
                 delay = self.backoff.next()
                 self.log.warning("watch_failed", source=self.label, status=exc.status,
                                  why=str(exc.reason), retry_in=round(delay, 2))
                 self.stop.wait(delay)
             except Exception as exc:  # connection refused/reset, cut mid-stream, timeouts
                 self.on_restart("dropped")
+                self._failed(f"{type(exc).__name__}: {exc}")
                 delay = self.backoff.next()
                 self.log.warning("watch_dropped", source=self.label, resource_version=self.rv,
                                  why=f"{type(exc).__name__}: {exc}", retry_in=round(delay, 2))

@@ -1,7 +1,6 @@
 """The one-file executables: any CPython >= 3.9, runtime-like conditions, a safe bytecode cache."""
 from __future__ import annotations
 
-import glob
 import os
 import json
 import shutil
@@ -17,19 +16,11 @@ from typing import Dict, Iterator, List, Tuple
 
 import pytest
 
-from helpers import ROOT, RUNTIME_PATH
+from helpers import ROOT, RUNTIME_PATH, other_python
 from pycni.plugins.server import wire
-from pycni.plugins.core.registry import PLUGIN_MODULES
 from pycni.plugins.core.versions import SUPPORTED_VERSIONS
 
-PLUGINS = ["pycni-bridge", "pycni-macvlan", "pycni-host-local", "pycni-dns"]
-
-
-def pyenv_python(minor: str) -> str:
-    found = sorted(glob.glob(f"/root/.pyenv/versions/{minor}.*/bin/python3"))
-    if not found:
-        pytest.skip(f"no Python {minor} under pyenv on this machine")
-    return found[-1]
+PLUGINS = ["pycni-bridge", "pycni-macvlan", "pycni-host-local", "pycni-dns", "pycni-loopback"]
 
 
 def version_call(python: str, binary: Path, cache: Path, cwd: str = "/", extra_env=None):
@@ -40,7 +31,7 @@ def version_call(python: str, binary: Path, cache: Path, cwd: str = "/", extra_e
 
 @pytest.mark.parametrize("minor", ["3.9", "3.10", "3.11", "3.12", "3.13"])
 def test_version_under_every_supported_python(bin_dir: Path, tmp_path: Path, minor: str) -> None:
-    python = pyenv_python(minor)
+    python = other_python(minor)
     tmp_path.chmod(0o755)
     for plugin in PLUGINS:
         for _ in range(2):  # first run unpacks and compiles, second uses the cache
@@ -52,7 +43,7 @@ def test_version_under_every_supported_python(bin_dir: Path, tmp_path: Path, min
 
 
 def test_old_python_gets_a_clear_message(bin_dir: Path, tmp_path: Path) -> None:
-    python = pyenv_python("3.8")
+    python = other_python("3.8")
     proc = version_call(python, bin_dir / "pycni-bridge", tmp_path)
     assert proc.returncode == 1
     assert b"need CPython >= 3.9" in proc.stderr and b"3.8" in proc.stderr
@@ -112,7 +103,8 @@ def test_a_new_build_gets_its_own_cache_and_reproducible_builds_are_identical(tm
     src = tmp_path / "src"
     shutil.copytree(ROOT / "plugins", src / "plugins")
     shutil.copytree(ROOT / "zipapp", src / "zipapp")
-    (src / "plugins" / "core" / "versions.py").write_text((src / "plugins" / "core" / "versions.py").read_text() + "\n# changed\n")
+    changed = src / "plugins" / "core" / "versions.py"  # issue 18 moved it from plugins/
+    changed.write_text(changed.read_text() + "\n# changed\n")
     subprocess.run([sys.executable, str(src / "zipapp" / "build.py"), "--out", str(out2), "pycni-host-local"],
                    check=True, stdout=subprocess.DEVNULL)
     cache = tmp_path / "cache"
@@ -194,10 +186,10 @@ def test_add_imports_no_typing_or_dataclasses(bin_dir: Path, tmp_path: Path) -> 
         proc = subprocess.run(["/usr/bin/python3", "-X", "importtime", str(bin_dir / plugin)], env=env,
                               input=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=60)
         imported = {line.split("|")[-1].strip() for line in proc.stderr.decode().splitlines() if "|" in line}
-        # (-X importtime lists what import statements load, not the plugin module itself: registry.load
-        # imports it through importlib; the modules of its package that it imports are listed.)
-        package = PLUGIN_MODULES[plugin].rsplit(".", 1)[0] + "."
-        assert any(name.startswith(package) for name in imported), (plugin, proc.stdout)
+        # The verb ran: ADD answered, failed on the netns or said what the plugin wants (-X importtime
+        # does not list the plugin module itself: registry.load imports it through importlib).
+        assert "pycni.plugins.core.plugin" in imported, (plugin, proc.stdout)
+        assert proc.returncode == 0 or b"netns" in proc.stdout or plugin.encode() in proc.stdout, proc.stdout
         assert not imported & {"typing", "dataclasses"}, (plugin, imported & {"typing", "dataclasses"})
 
 
@@ -350,7 +342,7 @@ def warm_cache(binary: Path, cache: Path) -> None:
 @pytest.mark.parametrize("python", ["/usr/bin/python3", "3.9", "3.13"])
 def test_thin_client_runs_the_archives_bytecode_and_compiles_nothing(
         bin_dir: Path, tmp_path: Path, fake_server, python: str, cached: bool) -> None:
-    python = python if python.startswith("/") else pyenv_python(python)
+    python = python if python.startswith("/") else other_python(python)
     tag = cache_tag(python)
     socket_path, state = fake_server
     cache = tmp_path / "cache"
@@ -369,7 +361,7 @@ def test_thin_client_runs_the_archives_bytecode_and_compiles_nothing(
 def test_interpreter_without_bytecode_runs_from_source_via_server_and_in_process(
         tmp_path: Path, fake_server) -> None:
     """A build that made bytecode only for /usr/bin/python3, run by another minor version."""
-    python = pyenv_python("3.12")
+    python = other_python("3.12")
     out = tmp_path / "bin"
     subprocess.run([sys.executable, str(ROOT / "zipapp" / "build.py"), "--out", str(out),
                     "--python", "/usr/bin/python3", "pycni-host-local"], check=True, stdout=subprocess.DEVNULL)

@@ -21,6 +21,7 @@ PLUGINS = (
     ("pycni-macvlan", "pycni.plugins.main.macvlan", ()),
     ("pycni-host-local", "pycni.plugins.ipam.hostlocal.plugin", ()),
     ("pycni-dns", "pycni.plugins.meta.dns.plugin", ("dnslib",)),
+    ("pycni-loopback", "pycni.plugins.main.loopback", ()),
 )
 PLUGIN_MODULES = {name: module for name, module, _ in PLUGINS}
 VENDORED = {name: libraries for name, _, libraries in PLUGINS}

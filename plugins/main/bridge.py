@@ -28,6 +28,9 @@ if TYPE_CHECKING:
     from typing import List, Optional, Tuple
 
 HOST_VETH_PREFIX = "veth"
+# The ifalias of every bridge pycni-bridge creates: only such a bridge (with no ports left) gives
+# up its gateway address to another one, and only such a bridge is removed by a node uninstall.
+BRIDGE_ALIAS = "pycni-bridge"
 ALIAS_LIMIT = 250
 
 
@@ -189,7 +192,7 @@ class Bridge(Plugin):
             br = host.link(index=br.index) or br
             self._setup_container(netns, cont.index, result, cfg, ctx.inv.ifname)
             if gateways:
-                br = self._ensure_gateways(host, br, gateways, cfg)
+                br = self._ensure_gateways(host, br, gateways, cfg, ctx.log)
                 self._enable_forwarding(gateways)
             if cfg.ip_masq and result.ips:
                 from pycni.plugins.kernel.masquerade import backend
@@ -230,7 +233,10 @@ class Bridge(Plugin):
             attrs = nl.link_attrs(name=cfg.bridge, mtu=cfg.mtu, mac=nl.random_mac()) + nl.linkinfo("bridge", data)
             flags = nl.IFF_UP | (nl.IFF_PROMISC if cfg.promisc else 0)
             try:
-                host.batch([nl.create_request(f"create bridge {cfg.bridge}", attrs, flags)], tolerate=(errno.EEXIST,))
+                host.batch([nl.create_request(f"create bridge {cfg.bridge}", attrs, flags),
+                            nl.change_request(f"mark bridge {cfg.bridge}", 0,
+                                              nl.link_attrs(name=cfg.bridge, alias=BRIDGE_ALIAS))],
+                           tolerate=(errno.EEXIST,))
             except nl.NetlinkError as exc:
                 raise netlink_failure(f"failed to create bridge {cfg.bridge}", exc) from None
             nl.write_sysctl(f"net/ipv6/conf/{cfg.bridge}/accept_ra", "0")
@@ -322,7 +328,37 @@ class Bridge(Plugin):
         finally:
             sock.close()
 
-    def _ensure_gateways(self, host, br, gateways: List[IPConfig], cfg: BridgeConfig):
+    @staticmethod
+    def _take_gateway(host, br, want, log) -> list:
+        """Requests moving `want` (a gateway to add to `br`) off any other link that holds it (same
+        address, or another address of the same subnet: its route would win over ours). Allowed only
+        from a bridge we made (BRIDGE_ALIAS) with no ports left: a bridge renamed in the config leaves
+        one behind. Anything else fails the ADD, naming the link."""
+        from pycni.plugins.kernel import netlink as nl
+
+        requests = []
+        links = None
+        for addr in host.addresses(family=2 if want.version == 4 else 10):
+            if addr.index == br.index or addr.scope != nl.RT_SCOPE_UNIVERSE or not addr.address:
+                continue
+            cur = ipaddress.ip_interface(f"{addr.address}/{addr.prefixlen}")
+            if cur.ip != want.ip and cur.network != want.network:
+                continue
+            links = links if links is not None else host.links()
+            other = next((link for link in links if link.index == addr.index), None)
+            name = other.name if other is not None else f"index {addr.index}"
+            ports = [link.name for link in links if link.master == addr.index]
+            if other is None or other.kind != "bridge" or other.alias != BRIDGE_ALIAS or ports:
+                why = (f"it still has ports ({', '.join(sorted(ports)[:5])})" if ports and other is not None
+                       and other.alias == BRIDGE_ALIAS else "it was not created by pycni-bridge")
+                raise CNIError(INTERNAL, f"gateway {want} for bridge {br.name!r}: link {name!r} already has "
+                                         f"{cur}, and its route would take the pods' traffic; {why}, so it is "
+                                         f"left alone: remove {cur} from {name}, or configure bridge {name!r}")
+            log.event("gateway_taken_over", address=str(cur), from_link=name, bridge=br.name)
+            requests.append(nl.addr_request(nl.RTM_DELADDR, addr.index, str(cur.ip), cur.network.prefixlen))
+        return requests
+
+    def _ensure_gateways(self, host, br, gateways: List[IPConfig], cfg: BridgeConfig, log):
         """Each gateway address on the bridge (as the reference's ensureAddr), then pin the bridge MAC."""
         from pycni.plugins.kernel import netlink as nl
 
@@ -331,6 +367,7 @@ class Bridge(Plugin):
         for gw in gateways:
             want = gw.address
             present = False
+            others = []
             for addr in have:
                 cur = ipaddress.ip_interface(f"{addr.address}/{addr.prefixlen}")
                 if cur.version != want.version:
@@ -344,7 +381,13 @@ class Bridge(Plugin):
                     if not cfg.force_address:
                         raise CNIError(INTERNAL, f"{br.name!r} already has an IP address different from {want}")
                     requests.append(nl.addr_request(nl.RTM_DELADDR, br.index, str(cur.ip), cur.network.prefixlen))
+                else:
+                    others.append(str(cur))
             if not present:
+                if others:
+                    log.event("bridge_other_subnet", bridge=br.name, adding=str(want), existing=others,
+                              note="joining a bridge that already carries another subnet")
+                requests.extend(self._take_gateway(host, br, want, log))
                 requests.append(nl.addr_request(nl.RTM_NEWADDR, br.index, str(want.ip), want.network.prefixlen,
                                                 nodad=not cfg.enable_dad and want.version == 6))
         if requests:

@@ -24,6 +24,22 @@ def _peer_uid(conn: socket.socket) -> int:
     return struct.unpack("3i", creds)[1]
 
 
+def _netns_opens(path: str) -> bool:
+    """Whether this server can open the request's netns path ("" when there is none: nothing to open).
+
+    The server sees the host's netns directories through its own mounts; a runtime may put its
+    namespaces where those mounts do not reach (another directory, a mount made later without
+    propagation). The client, which can open it, then runs the request in-process.
+    """
+    if not path:
+        return True
+    try:
+        os.close(os.open(path, os.O_RDONLY | os.O_CLOEXEC))
+    except OSError:
+        return False
+    return True
+
+
 def serve_connection(conn: socket.socket, code_id: str, netns: str, counters: SharedCounters) -> None:
     """Answer one connection for the server of `code_id` in network namespace `netns`.
 
@@ -46,6 +62,9 @@ def serve_connection(conn: socket.socket, code_id: str, netns: str, counters: Sh
     # Another build's request, or one from a client in another network namespace (a plugin
     # exec'd there works on that namespace's host side), runs where the client is.
     if client_code_id != code_id or plugin not in PLUGIN_MODULES or not client_netns or client_netns != netns:
+        conn.sendall(wire.encode_response(wire.DECLINED, b""))
+        return
+    if not _netns_opens(environ.get("CNI_NETNS", "")):
         conn.sendall(wire.encode_response(wire.DECLINED, b""))
         return
     conn.settimeout(None)
