@@ -24,6 +24,14 @@ class LockedStatus:
         with self.lock:
             getattr(self, counter)[label] += n
 
+    def ready(self) -> Tuple[bool, str]:
+        """(ready, why not): what /readyz answers."""
+        raise NotImplementedError
+
+    def metrics(self) -> str:
+        """The Prometheus text /metrics answers."""
+        raise NotImplementedError
+
 
 class Metrics:
     """Prometheus text exposition, built one metric family at a time."""
@@ -117,7 +125,7 @@ class Status(LockedStatus):
 
 
 class HealthServer:
-    def __init__(self, status: Status, listen: Tuple[str, int]) -> None:
+    def __init__(self, status: LockedStatus, listen: Tuple[str, int]) -> None:
         self.status = status
 
         class Handler(BaseHTTPRequestHandler):
@@ -148,7 +156,8 @@ class HealthServer:
 
     @property
     def address(self) -> Tuple[str, int]:
-        return self.server.server_address[:2]
+        host, port = self.server.server_address[:2]
+        return str(host), int(port)
 
     def start(self) -> "HealthServer":
         self.thread.start()

@@ -11,6 +11,7 @@ from pycni.plugins.core.versions import negotiate
 
 TYPE_CHECKING = False  # typing is not imported at run time: it costs every exec milliseconds
 if TYPE_CHECKING:
+    import builtins
     from typing import Any, Dict, List, Optional
 
 NETWORK_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
@@ -109,7 +110,7 @@ class NetConf(Record):
     ipam: Dict[str, Any]
     prev_result: Optional[Result]
 
-    def get(self, key: str, kind: type, default: Any = None) -> Any:
+    def get(self, key: str, kind: builtins.type, default: Any = None) -> Any:  # `type` is a field here
         """A plugin-specific key, type-checked (code 7 naming the key when wrong)."""
         return _typed(self.raw, key, kind, default)
 

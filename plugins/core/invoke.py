@@ -12,10 +12,10 @@ from pycni.plugins.core.errors import DECODE_FAILURE, INTERNAL, INVALID_CONFIG, 
 
 TYPE_CHECKING = False  # typing is not imported at run time: it costs every exec milliseconds
 if TYPE_CHECKING:
-    from typing import Callable, Mapping, Optional, Sequence, Tuple  # noqa: F401 (Runner)
+    from typing import Callable, Mapping, Optional, Sequence, Tuple
 
-# (binary path, environment, stdin) -> (stdout, exit code)
-Runner = "Callable[[str, Mapping[str, str], bytes], Tuple[bytes, int]]"  # for annotations only
+    # (binary path, environment, stdin) -> (stdout, exit code); for annotations only
+    Runner = Callable[[str, Mapping[str, str], bytes], Tuple[bytes, int]]
 
 EXEC_TIMEOUT_SECONDS = 120.0
 

@@ -29,11 +29,11 @@ class EventLog:
         level = config.get("logLevel") or environ.get("PYCNI_LOG_LEVEL") or "info"
         return cls(path if isinstance(path, str) else None, str(level), **context)
 
-    def event(self, name: str, level: str = "info", **fields: Any) -> None:
+    def event(self, name: str, level: str = "info", /, **fields: Any) -> None:
         if not self.path or LEVELS.get(level, 20) < self.threshold:
             return
-        record = {"ts": round(time.time(), 6), "level": level, "event": name, "pid": os.getpid(),
-                  **self.context, **fields}
+        record = {"ts": round(time.time(), 6), "level": level, "event": name, "pid": os.getpid()}
+        record.update((k, v) for k, v in {**self.context, **fields}.items() if k not in record)
         line = (json.dumps(record, default=str, separators=(",", ":")) + "\n").encode()
         try:
             fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
@@ -44,8 +44,8 @@ class EventLog:
         except OSError:
             pass  # logging must never fail a CNI operation
 
-    def debug(self, name: str, **fields: Any) -> None:
+    def debug(self, name: str, /, **fields: Any) -> None:
         self.event(name, "debug", **fields)
 
-    def error(self, name: str, **fields: Any) -> None:
+    def error(self, name: str, /, **fields: Any) -> None:
         self.event(name, "error", **fields)

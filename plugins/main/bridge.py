@@ -18,8 +18,9 @@ import os
 from pycni.plugins.kernel.attachment import Tag, parse_prefix
 from pycni.plugins.core.config import NetConf
 from pycni.plugins.core.errors import INTERNAL, INVALID_CONFIG, NOT_AVAILABLE, CNIError
-from pycni.plugins.main.linkconf import KeywordRecord, bool_key, ifname_key, int_key, mac_value, mtu_key, netlink_failure
+from pycni.plugins.main.linkconf import bool_key, ifname_key, int_key, mac_value, mtu_key, netlink_failure
 from pycni.plugins.core.plugin import Context, Plugin
+from pycni.plugins.core.record import Record
 from pycni.plugins.core.result import Interface, IPConfig, Result, Route
 
 TYPE_CHECKING = False  # typing is not imported at run time: it costs every exec milliseconds
@@ -33,23 +34,30 @@ BRIDGE_ALIAS = "pycni-bridge"
 ALIAS_LIMIT = 250
 
 
-class BridgeConfig(KeywordRecord):
-    bridge: str = "cni0"
-    is_gateway: bool = False
-    is_default_gateway: bool = False
-    force_address: bool = False
-    ip_masq: bool = False
-    ip_masq_backend: str = "nftables"
-    mtu: int = 0
-    hairpin: bool = False
-    promisc: bool = False
-    vlan: int = 0
-    vlan_trunk: List[Tuple[int, int]] = ()  # type: ignore[assignment]
-    preserve_default_vlan: bool = True
-    enable_dad: bool = False
-    macspoofchk: bool = False
-    disable_container_interface: bool = False
-    port_isolation: bool = False
+class BridgeConfig(Record):
+    __slots__ = ("bridge", "is_gateway", "is_default_gateway", "force_address", "ip_masq", "ip_masq_backend",
+                 "mtu", "hairpin", "promisc", "vlan", "vlan_trunk", "preserve_default_vlan", "enable_dad",
+                 "macspoofchk", "disable_container_interface", "port_isolation")
+    _defaults = {"bridge": "cni0", "is_gateway": False, "is_default_gateway": False, "force_address": False,
+                 "ip_masq": False, "ip_masq_backend": "nftables", "mtu": 0, "hairpin": False, "promisc": False,
+                 "vlan": 0, "vlan_trunk": list, "preserve_default_vlan": True, "enable_dad": False,
+                 "macspoofchk": False, "disable_container_interface": False, "port_isolation": False}
+    bridge: str
+    is_gateway: bool
+    is_default_gateway: bool
+    force_address: bool
+    ip_masq: bool
+    ip_masq_backend: str
+    mtu: int
+    hairpin: bool
+    promisc: bool
+    vlan: int
+    vlan_trunk: List[Tuple[int, int]]
+    preserve_default_vlan: bool
+    enable_dad: bool
+    macspoofchk: bool
+    disable_container_interface: bool
+    port_isolation: bool
 
     @property
     def vlan_filtering(self) -> bool:
@@ -66,7 +74,7 @@ def parse_vlan_trunk(value) -> List[Tuple[int, int]]:
     for item in value:
         if not isinstance(item, dict):
             raise CNIError(INVALID_CONFIG, f"vlanTrunk: invalid entry {item!r}")
-        ids = {k: item.get(k) for k in ("id", "minID", "maxID") if item.get(k) is not None}
+        ids = {k: item[k] for k in ("id", "minID", "maxID") if item.get(k) is not None}
         for key, vid in ids.items():
             if isinstance(vid, bool) or not isinstance(vid, int) or not 1 <= vid <= 4094:
                 raise CNIError(INVALID_CONFIG, f"vlanTrunk: invalid VLAN ID {vid!r} in {key} (must be 1..4094)")

@@ -45,9 +45,10 @@ class Loopback(Plugin):
             link = sock.link(LO)
             if link is None:
                 raise CNIError(INTERNAL, f"no {LO} in {path}")
-            change = {"set_flags": nl.IFF_UP} if up else {"clear_flags": nl.IFF_UP}
+            set_flags, clear_flags = (nl.IFF_UP, 0) if up else (0, nl.IFF_UP)
             try:
-                sock.batch([nl.change_request(f"set {LO} {'up' if up else 'down'}", link.index, **change)])
+                sock.batch([nl.change_request(f"set {LO} {'up' if up else 'down'}", link.index,
+                                              set_flags=set_flags, clear_flags=clear_flags)])
             except nl.NetlinkError as exc:
                 raise CNIError(INTERNAL, f"failed to set {LO} {'up' if up else 'down'}: {exc}") from None
             addrs = [ipaddress.ip_interface(f"{a.address}/{a.prefixlen}")

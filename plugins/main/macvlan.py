@@ -12,8 +12,9 @@ import errno
 
 from pycni.plugins.core.config import NetConf
 from pycni.plugins.core.errors import INTERNAL, INVALID_CONFIG, NOT_AVAILABLE, CNIError
-from pycni.plugins.main.linkconf import KeywordRecord, bool_key, ifname_key, int_key, mac_value, mtu_key, netlink_failure
+from pycni.plugins.main.linkconf import bool_key, ifname_key, int_key, mac_value, mtu_key, netlink_failure
 from pycni.plugins.core.plugin import Context, Plugin
+from pycni.plugins.core.record import Record
 from pycni.plugins.core.result import Interface, Result
 
 TYPE_CHECKING = False  # typing is not imported at run time: it costs every exec milliseconds
@@ -23,13 +24,15 @@ if TYPE_CHECKING:
 MODES = ("bridge", "private", "vepa", "passthru")
 
 
-class MacvlanConfig(KeywordRecord):
-    master: str = ""
-    mode: str = "bridge"
-    mtu: int = 0
-    mac: Optional[str] = None
-    bcqueuelen: Optional[int] = None
-    link_in_container: bool = False
+class MacvlanConfig(Record):
+    __slots__ = ("master", "mode", "mtu", "mac", "bcqueuelen", "link_in_container")
+    _defaults = {"master": "", "mode": "bridge", "mtu": 0, "mac": None, "bcqueuelen": None, "link_in_container": False}
+    master: str
+    mode: str
+    mtu: int
+    mac: Optional[str]
+    bcqueuelen: Optional[int]
+    link_in_container: bool
 
 
 def load_macvlan_config(conf: NetConf) -> MacvlanConfig:

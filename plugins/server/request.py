@@ -11,7 +11,8 @@ import socket
 import struct
 
 from pycni.plugins.server import wire
-from pycni.plugins.core.samebuild import SameBuildRunner, run_request
+from pycni.plugins.core.dispatch import run_request
+from pycni.plugins.core.samebuild import SameBuildRunner
 from pycni.plugins.server.memory import SharedCounters
 
 HEALTH_PLUGIN = "pycni-server-health"
