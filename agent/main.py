@@ -108,7 +108,21 @@ def run(settings: Settings, log: Log, stop: threading.Event, wake: threading.Eve
     return 0
 
 
+def cleanup(argv: List[str]) -> int:
+    """`pycni-agent cleanup`: remove the agent's table, routes and VXLAN device (uninstall mode)."""
+    from .cleanup import AgentCleanup
+
+    level = os.environ.get("PYCNI_LOG_LEVEL", "info")
+    if argv or level not in ("debug", "info", "warning", "error"):
+        sys.stderr.write("usage: pycni-agent cleanup   (PYCNI_LOG_LEVEL: debug|info|warning|error)\n")
+        return 2
+    return 0 if AgentCleanup(configure(level, "pycni.agent")).run() else 1
+
+
 def main(argv: Optional[List[str]] = None) -> None:
+    args = sys.argv[1:] if argv is None else argv
+    if args[:1] == ["cleanup"]:
+        sys.exit(cleanup(args[1:]))
     try:
         settings = parse(argv, os.environ)
     except ValueError as exc:

@@ -1,9 +1,9 @@
 """`pycni-installer uninstall --node`: what pycni leaves on a node outside the CNI dirs, removed.
 
 Run by the chart's uninstall mode on every node, after the files (conflist first: no new pod is
-networked while this runs). Each step touches only what pycni made and says what it kept and why:
-- pycni-agent: its nftables table `inet pycni-agent`, its routes (protocol 156), its VXLAN device
-  (the one with the agent's alias);
+networked while this runs), and after `pycni-agent cleanup` (agent/cleanup.py: the agent's nft
+table, routes and VXLAN device; the agent sits above the installer, so its state is its own to
+remove). Each step touches only what pycni made and says what it kept and why:
 - pycni-bridge: each bridge the conflist names that pycni-bridge created (its ifalias) and that has
   no ports left, which takes its gateway addresses with it; a bridge with pods still on it stays;
 - pycni-host-local: the network's store (dataDir/<network>);
@@ -15,12 +15,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 from .log import Log
 
-AGENT_TABLE = ("inet", "pycni-agent")
 HOSTLOCAL_DATA_DIR = "/var/lib/cni/networks"
 
 
@@ -40,7 +38,9 @@ def _ipam(plugin: Dict[str, Any]) -> Dict[str, Any]:
     return ipam if isinstance(ipam, dict) else {}
 
 
-class NodeCleanup:
+class Steps:
+    """Cleanup steps that each log their failure and let the others run."""
+
     def __init__(self, log: Log) -> None:
         self.log = log
         self.failed: List[str] = []
@@ -53,10 +53,11 @@ class NodeCleanup:
             self.failed.append(what)
             self.log.error("cleanup_failed", step=what, why=f"{type(exc).__name__}: {exc}")
 
+
+
+class NodeCleanup(Steps):
     def run(self, conflists: List[bytes]) -> bool:
         """Clean the node; True when every step worked."""
-        self._step("agent nftables", self.agent_table)
-        self._step("agent routes and VXLAN device", self.agent_links)
         for raw in conflists:
             network, plugins = conflist_plugins(raw)
             for plugin in plugins:
@@ -70,37 +71,6 @@ class NodeCleanup:
                 if kind == "pycni-dns" and network:
                     self._step(f"DNS of {network}", self.dns, plugin, network)
         return not self.failed
-
-    def agent_table(self) -> None:
-        nft = shutil.which("nft")
-        if nft is None:
-            self.log.warning("cleanup_kept", what="nft table inet pycni-agent", why="no nft command here")
-            return
-        family, name = AGENT_TABLE
-        if subprocess.run([nft, "list", "table", family, name], stdout=subprocess.DEVNULL,
-                          stderr=subprocess.DEVNULL).returncode != 0:
-            return  # not there
-        proc = subprocess.run([nft, "delete", "table", family, name], stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE)
-        if proc.returncode != 0:
-            raise RuntimeError(f"nft delete table {family} {name}: {proc.stderr.decode(errors='replace').strip()}")
-        self.log.info("cleanup_removed", what=f"nft table {family} {name}")
-
-    def agent_links(self) -> None:
-        from pycni.agent.kernel import ALIAS, Kernel
-
-        kernel = Kernel()
-        try:
-            owned, _ = kernel.main_routes()
-            for route in owned:
-                kernel.delete_route(route)
-                self.log.info("cleanup_removed", what=f"route {route.dst} (pycni-agent)")
-            for link in kernel.ipr.get_links():
-                if link.get("ifalias") == ALIAS:
-                    kernel.delete_link(link["index"])
-                    self.log.info("cleanup_removed", what=f"VXLAN device {link.get('ifname')}")
-        finally:
-            kernel.close()
 
     def bridge(self, name: str) -> None:
         from pycni.plugins.kernel import netlink as nl

@@ -684,8 +684,8 @@ def test_installer_validation_rejects_a_broken_chart_conflist(helm: str, bin_dir
 
 
 def test_uninstall_mode(helm: str, k8s_versions: List[str], tmp_path: Path) -> None:
-    """uninstall: true replaces every container with one that runs `pycni-installer uninstall --node
-    --idle`, Ready once its marker exists; it sees the host paths the cleanup works on, at the paths
+    """uninstall: true replaces every container with one that runs `pycni-agent cleanup`, then
+    `pycni-installer uninstall --node --idle`, Ready once its marker exists; it sees the host paths the cleanup works on, at the paths
     the installer and the conflist name, and nothing else runs on the node."""
     text = render(helm, ["--set", "uninstall=true"])
     assert_valid(text, tmp_path, k8s_versions)
@@ -693,7 +693,7 @@ def test_uninstall_mode(helm: str, k8s_versions: List[str], tmp_path: Path) -> N
     (ds,) = by_kind(docs, "DaemonSet")
     pod = ds["spec"]["template"]["spec"]
     (ctr,) = pod["containers"]
-    assert ctr["command"] == ["pycni-installer", "uninstall", "--node", "--idle"]
+    assert ctr["command"] == ["sh", "-c", "pycni-agent cleanup && exec pycni-installer uninstall --node --idle"]
     env = env_of(ctr)
     assert env["PYCNI_BIN_DIR"] == "/host/opt/cni/bin" and env["PYCNI_CONF_DIR"] == "/host/etc/cni/net.d"
     assert ctr["readinessProbe"]["exec"]["command"] == ["cat", "/tmp/pycni-uninstalled"]

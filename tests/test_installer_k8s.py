@@ -274,6 +274,9 @@ def test_node_uninstall_removes_pycni_state_and_keeps_the_rest(node: Node, bin_d
         "hashlib").sha256((node.net / "20-busy.conflist").read_bytes()).hexdigest()})
 
     marker = tmp_path / "done"
+    agent = subprocess.run(["ip", "netns", "exec", host, sys.executable, "-m", "pycni.agent", "cleanup"],
+                           cwd=str(ROOT), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=120)
+    assert agent.returncode == 0, agent.stderr
     proc = subprocess.run(["ip", "netns", "exec", host, sys.executable, "-m", "pycni.installer", "uninstall", "--node",
                            "--bin-dir", str(node.bin), "--conf-dir", str(node.net), "--done-marker", str(marker)],
                           cwd=str(ROOT), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=120)
@@ -298,6 +301,9 @@ def test_node_uninstall_removes_pycni_state_and_keeps_the_rest(node: Node, bin_d
                             "--node", "--bin-dir", str(node.bin), "--conf-dir", str(node.net)],
                            cwd=str(ROOT), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=120)
     assert again.returncode == 0, again.stderr
+    agent_again = subprocess.run(["ip", "netns", "exec", host, sys.executable, "-m", "pycni.agent", "cleanup"],
+                                 cwd=str(ROOT), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=120)
+    assert agent_again.returncode == 0, agent_again.stderr
     bridge_call("DEL", busy_pod, "c2", busy_conf, "busynet")
 
 

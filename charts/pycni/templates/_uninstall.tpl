@@ -1,13 +1,14 @@
 {{/*
 The cluster uninstall mode (uninstall: true): one container per node runs
-`pycni-installer uninstall --node` (what it removes: installer/cleanup.py, README "Uninstall"),
+`pycni-agent cleanup` (agent/cleanup.py) and then `pycni-installer uninstall --node` (what it
+removes: installer/cleanup.py, README "Uninstall"),
 then idles, Ready once the node is clean. It retries (exits non-zero, restarted) until it is.
 */}}
 {{- define "pycni.uninstallContainer" -}}
 - name: uninstall
   image: {{ include "pycni.image" . | quote }}
   imagePullPolicy: {{ .Values.image.pullPolicy }}
-  command: ["pycni-installer", "uninstall", "--node", "--idle"]
+  command: ["sh", "-c", "pycni-agent cleanup && exec pycni-installer uninstall --node --idle"]
   env:
     - name: PYCNI_BIN_DIR
       value: /host/opt/cni/bin
