@@ -482,8 +482,11 @@ class Netns:
     """An open network namespace (by path): enter it briefly, or open sockets bound inside it."""
 
     def __init__(self, path: str) -> None:
+        from pycni.plugins.kernel.nsfs import open_netns_fd
+
         self.path = path
-        self.fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        self.fd = -1
+        self.fd = open_netns_fd(path)  # never blocks; NotANetns for anything but a network namespace
 
     def close(self) -> None:
         if self.fd >= 0:
@@ -518,12 +521,15 @@ class Netns:
 
 
 def open_netns(path: str) -> Optional[Netns]:
-    """The namespace at `path`, or None when the path is empty or gone."""
+    """The namespace at `path`, or None when the path is empty, gone or not a network namespace (for DEL:
+    the host side is still cleaned by other means)."""
+    from pycni.plugins.kernel.nsfs import NotANetns
+
     if not path:
         return None
     try:
         return Netns(path)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError, NotANetns):
         return None
 
 
