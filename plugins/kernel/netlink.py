@@ -521,15 +521,13 @@ class Netns:
 
 
 def open_netns(path: str) -> Optional[Netns]:
-    """The namespace at `path`, or None when the path is empty, gone or not a network namespace (for DEL:
-    the host side is still cleaned by other means)."""
-    from pycni.plugins.kernel.nsfs import NotANetns
-
+    """The namespace at `path`, or None when the path is empty, gone, unreadable or not a network namespace
+    (for DEL, which must succeed: the host side is then cleaned by other means)."""
     if not path:
         return None
     try:
         return Netns(path)
-    except (FileNotFoundError, NotADirectoryError, NotANetns):
+    except OSError:  # FileNotFoundError, nsfs.NotANetns, ENAMETOOLONG, ELOOP, EACCES ...
         return None
 
 

@@ -26,8 +26,8 @@ if TYPE_CHECKING:
 
 
 def container_netns(path: str) -> Netns:
-    """The ADD/CHECK netns; code 4 naming CNI_NETNS when it is not a network namespace (checked without
-    blocking, before anything is changed)."""
+    """The ADD/CHECK netns; code 4 naming CNI_NETNS when it is missing, unreadable or not a network namespace
+    (checked without blocking, before anything is changed)."""
     from pycni.plugins.kernel import netlink as nl
     from pycni.plugins.kernel.nsfs import NotANetns
 
@@ -37,7 +37,8 @@ def container_netns(path: str) -> Netns:
         raise CNIError(INVALID_ENVIRONMENT, f"CNI_NETNS {path!r} is not a network namespace: {exc.strerror}") \
             from None
     except OSError as exc:
-        raise CNIError(INTERNAL, f"failed to open netns {path!r}: {exc.strerror}") from None
+        raise CNIError(INVALID_ENVIRONMENT, f"CNI_NETNS {path!r}: cannot open the network namespace: "
+                                            f"{exc.strerror or exc}") from None
 
 
 class LiveAttachment(CNIError):
