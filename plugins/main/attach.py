@@ -34,8 +34,7 @@ def container_netns(path: str) -> Netns:
     try:
         return nl.Netns(path)
     except NotANetns as exc:
-        raise CNIError(INVALID_ENVIRONMENT, f"CNI_NETNS {path!r} is not a network namespace: {exc.strerror}") \
-            from None
+        raise CNIError(INVALID_ENVIRONMENT, f"CNI_NETNS: {exc.strerror}") from None
     except OSError as exc:
         raise CNIError(INVALID_ENVIRONMENT, f"CNI_NETNS {path!r}: cannot open the network namespace: "
                                             f"{exc.strerror or exc}") from None
