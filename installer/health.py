@@ -78,8 +78,8 @@ class Status(LockedStatus):
         self.binary_check_failures: Counter = Counter()  # plugin -> failed checks
 
     def busy(self) -> bool:
-        with self.lock:
-            return self.sync_started > 0
+        """Is a sync pass running? Lock-free: the signal handler asks, in a thread that may hold the lock."""
+        return self.sync_started > 0
 
     def stuck(self) -> str:
         """Why the sync loop is stuck ('' when it is not)."""

@@ -70,13 +70,14 @@ def main(argv: Optional[List[str]] = None) -> None:
     status = Status(stuck_after=settings.sync_stuck_seconds)
     installer = Installer(settings, log, status, api_factory=api_client)
 
+    why_stop = "leaving the conflist and binaries in place (a restart or rolling update must not break the node)"
+
     def on_signal(signum: int, frame: object) -> None:
-        log.info("stopping", signal=signal.Signals(signum).name,
-                 why="leaving the conflist and binaries in place (a restart or rolling update must not break the node)")
         installer.stop.set()
         installer.wake.set()
-        if status.busy():
+        if status.busy():  # no lock and no log here: the interrupted pass may hold the log's lock
             raise Stopping(signal.Signals(signum).name)
+        log.info("stopping", signal=signal.Signals(signum).name, why=why_stop)
 
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, on_signal)
@@ -92,7 +93,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     try:
         code = run_once(installer, settings) if settings.once else run_loop(installer, settings)
     except Stopping as exc:
-        log.info("interrupted", signal=str(exc), why="stopped in the middle of a sync pass")
+        log.info("stopping", signal=str(exc), why=f"{why_stop}; a sync pass was interrupted")
         code = 1 if settings.once else 0
     finally:
         installer.stop.set()
