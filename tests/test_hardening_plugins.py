@@ -100,6 +100,22 @@ def test_repeated_add_of_a_live_attachment_keeps_its_lease(node, make_netns, kin
     assert node.leases(conf["name"]) == []
 
 
+def test_failed_add_of_a_container_id_live_in_another_netns_keeps_the_lease(node, make_netns):
+    """A runtime reusing a live container ID with another netns: IPAM answers with the live lease; when the
+    ADD then fails, its rollback must not release that lease (the bridge sees the live host veth's tag)."""
+    conf = conf_for("bridge", node)
+    c1, c2, c3 = make_netns("h1"), make_netns("h2"), make_netns("h3")
+    first = node.ok("ADD", conf, c1, container_id="c1")
+    mine = first["ips"][0]["address"].split("/")[0]
+    failing = dict(conf, isDefaultGateway=True, ipam=dict(conf["ipam"], routes=[{"dst": "0.0.0.0/0"}]))
+    out, rc, _ = node.run("ADD", failing, c2, container_id="c1")  # fails after IPAM: "isDefaultGateway ineffective"
+    assert rc != 0 and out["code"] == 7, out
+    assert lease_owners(node, conf["name"]) == {mine: "c1"}, "the failed ADD released the live lease"
+    assert masq_chains(node, "c1"), "the failed ADD removed the live attachment's masquerade rules"
+    node.ok("ADD", conf, c3, container_id="c3")
+    assert set(lease_owners(node, conf["name"]).values()) == {"c1", "c3"}
+
+
 @pytest.mark.parametrize("kind", ["bridge", "macvlan"])
 def test_add_onto_an_existing_interface_is_refused_before_ipam_runs(node, make_netns, kind):
     """The container already has an interface under CNI_IFNAME (live or foreign): nothing, IPAM included,

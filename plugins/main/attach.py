@@ -64,10 +64,14 @@ class Rollback:
 
     def __init__(self, log: EventLog) -> None:
         self.log = log
-        self.steps: List[Tuple[str, Callable[[], object]]] = []
+        self.steps: List[Tuple[str, Callable[[], object], str]] = []
 
-    def created(self, what: str, undo: Callable[[], object]) -> None:
-        self.steps.append((what, undo))
+    def created(self, what: str, undo: Callable[[], object], name: str = "") -> None:
+        """Record a step just made; `name` is what it made (a link name), for `names`."""
+        self.steps.append((what, undo, name))
+
+    def names(self, what: str) -> List[str]:
+        return [step[2] for step in self.steps if step[0] == what]
 
     def disown(self, what: str) -> None:
         """Forget a step: what it made turned out to belong to someone else."""
@@ -75,7 +79,7 @@ class Rollback:
 
     def run(self) -> None:
         while self.steps:
-            what, undo = self.steps.pop()
+            what, undo, _name = self.steps.pop()
             try:
                 undo()
             except Exception as exc:  # keep undoing; the caller reports the original failure

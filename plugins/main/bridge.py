@@ -179,7 +179,7 @@ class Bridge(Plugin):
                     raise CNIError(INTERNAL, "IPAM plugin returned missing IP config")
             gateways = calc_gateways(result, cfg)
             host_name, host_mac, cont = self._make_veth(host, netns, br, cfg, mac, tag, ctx.inv.ifname)
-            undo.created("veth", lambda: host.delete_link(name=host_name))
+            undo.created("veth", lambda: host.delete_link(name=host_name), host_name)
             # Read the bridge again: a bridge whose last port left has MAC 00:00:00:00:00:00 until a port
             # joins, so its MAC from before attaching can be unusable (reference: "could not set bridge's mac").
             br = host.link(index=br.index) or br
@@ -198,8 +198,9 @@ class Bridge(Plugin):
 
                 MacSpoofCheck().setup(tag, host_name, cont.mac)
         except BaseException as exc:
-            if isinstance(exc, LiveAttachment):  # appeared after our check: the lease may be the live one's
-                undo.disown("ipam")
+            if isinstance(exc, LiveAttachment) or self._live_elsewhere(host, tag, undo):
+                undo.disown("ipam")  # the lease IPAM answered with is the live attachment's
+                undo.disown("host rules")
             undo.run()
             raise
         finally:
@@ -292,7 +293,15 @@ class Bridge(Plugin):
         return host_name, host_mac, cont
 
     @staticmethod
-    def _has_link(netns, ifname: str) -> bool:
+    def _live_elsewhere(host, tag: Tag, undo: Rollback) -> bool:
+        """On the failure path only (a link dump costs): is this attachment live in another netns, i.e. does a
+        host veth carry its tag that this call did not create? (A runtime that reuses a container ID.)"""
+        ours = undo.names("veth")
+        try:
+            return any(link.alias.split(" ", 1)[0] == tag.prefix and link.name not in ours for link in host.links())
+        except OSError:
+            return True  # cannot tell: keep the lease rather than free a live one (DEL still releases it)
+
         sock = netns.socket()
         try:
             return sock.link(ifname) is not None
