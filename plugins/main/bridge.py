@@ -198,7 +198,7 @@ class Bridge(Plugin):
 
                 MacSpoofCheck().setup(tag, host_name, cont.mac)
         except BaseException as exc:
-            if isinstance(exc, LiveAttachment) or self._live_elsewhere(host, tag, undo):
+            if undo.steps and (isinstance(exc, LiveAttachment) or self._live_elsewhere(host, tag, undo)):
                 undo.disown("ipam")  # the lease IPAM answered with is the live attachment's
                 undo.disown("host rules")
             undo.run()

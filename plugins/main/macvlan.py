@@ -141,8 +141,10 @@ class Macvlan(Plugin):
             raise
         finally:
             netns.close()
-            for sock in {id(s): s for s in (cont, where) if s is not None}.values():
-                sock.close()
+            if where is not None and where is not cont:
+                where.close()
+            if cont is not None:
+                cont.close()
         result.interfaces = [Interface(name=ifname, mac=link.mac, sandbox=ctx.inv.netns)]
         return result
 
