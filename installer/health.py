@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Dict, List, Optional, Tuple
@@ -65,10 +66,15 @@ def labels(**pairs: Any) -> str:
 
 
 class Status(LockedStatus):
-    """What the sync loop knows; read by the HTTP handlers (thread-safe)."""
+    """What the sync loop knows; read by the HTTP handlers (thread-safe).
 
-    def __init__(self) -> None:
+    A sync pass running longer than `stuck_after` seconds makes both /readyz and /healthz fail: a pass that
+    never ends (a pathological config) must not hide behind the last good answer."""
+
+    def __init__(self, stuck_after: float = 300.0) -> None:
         super().__init__()
+        self.stuck_after = stuck_after
+        self.sync_started = 0.0  # time.monotonic() when the running pass began; 0 while idle
         self.binaries_ok = False
         self.config_ok = False
         self.reason = "starting"
@@ -83,7 +89,27 @@ class Status(LockedStatus):
         self.binary_checks: Dict[str, int] = {}  # plugin -> 1 ran fine on the node / 0 failed (nodecheck)
         self.binary_check_failures: Counter = Counter()  # plugin -> failed checks
 
+    def busy(self) -> bool:
+        """Is a sync pass running? Lock-free: the signal handler asks, in a thread that may hold the lock."""
+        return self.sync_started > 0
+
+    def stuck(self) -> str:
+        """Why the sync loop is stuck ('' when it is not)."""
+        with self.lock:
+            started = self.sync_started
+        running = time.monotonic() - started if started else 0.0
+        if running > self.stuck_after:
+            return f"a sync pass has been running for {running:.0f}s (limit {self.stuck_after:.0f}s)"
+        return ""
+
+    def healthy(self) -> Tuple[bool, str]:
+        why = self.stuck()
+        return (False, why) if why else (True, "ok")
+
     def ready(self) -> Tuple[bool, str]:
+        why = self.stuck()
+        if why:
+            return False, why
         with self.lock:
             if self.binaries_ok and self.config_ok and not self.rejection:
                 return True, "ok"
@@ -135,7 +161,8 @@ class HealthServer:
             def do_GET(self) -> None:
                 path = self.path.split("?", 1)[0]
                 if path == "/healthz":
-                    code, body, ctype = 200, "ok\n", "text/plain; charset=utf-8"
+                    ok, reason = status.healthy()
+                    code, body, ctype = (200 if ok else 503), reason + "\n", "text/plain; charset=utf-8"
                 elif path == "/readyz":
                     ok, reason = status.ready()
                     code, body, ctype = (200 if ok else 503), reason + "\n", "text/plain; charset=utf-8"

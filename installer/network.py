@@ -83,12 +83,12 @@ def parse_network_config(text: Optional[str]) -> NetworkConfig:
     """NetworkConfig from the ConfigMap value (None or blank = defaults); raises ConfigError."""
     if text is None or not text.strip():
         return NetworkConfig()
-    import yaml
+    from pycni.installer import yamlsafe
 
     try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{KEY}: not valid YAML: {exc}") from None
+        data = yamlsafe.load(text)
+    except yamlsafe.YamlRefused as exc:
+        raise ConfigError(f"{KEY}: {exc}") from None
     if data is None:
         return NetworkConfig()
     if not isinstance(data, dict):

@@ -24,6 +24,7 @@ from .writer import ConfWriter
 # results of one pass (also the `result` label of pycni_installer_syncs_total)
 WRITTEN, UNCHANGED, REJECTED, WAITING, ERROR = "written", "unchanged", "rejected", "waiting", "error"
 BLOCKED = "blocked"  # a plugin binary the config names does not run on this node (nodecheck.py)
+UNRECORDED = "unrecorded"  # the state manifest cannot be written: `uninstall` would not know our files
 
 
 class Installer:
@@ -150,12 +151,15 @@ class Installer:
 
     # ---- the pass --------------------------------------------------------------------------
     def sync(self, why: str) -> str:
+        self.status.update(sync_started=time.monotonic())
         try:
             result = self._sync(why)
         except OSError as exc:  # a host write failed: report, retry at the next pass
             self.log.error("sync_failed", why=f"{type(exc).__name__}: {exc}")
             self.status.update(config_ok=False, reason=f"sync failed: {exc}")
             result = ERROR
+        finally:
+            self.status.update(sync_started=0.0)
         self.status.count("syncs", result)
         return result
 
@@ -169,7 +173,9 @@ class Installer:
         if bins.copied:
             with self.status.lock:
                 self.status.binary_copies += len(bins.copied)
-            self.manifest.record_files("binaries", {str(self.s.bin_dir / n): bins.installed[n] for n in bins.copied})
+            self.manifest.pending["binaries"].update({str(self.s.bin_dir / n): bins.installed[n] for n in bins.copied})
+        if not self._flush_manifest():
+            return UNRECORDED
         self.status.update(binaries_ok=True)
 
         text, origin = self.template()
@@ -198,9 +204,12 @@ class Installer:
         if written:
             with self.status.lock:
                 self.status.conflist_writes += 1
-            self.manifest.record_files("conflists", {str(self.writer.path): digest})
+            self.manifest.pending["conflists"][str(self.writer.path)] = digest
         if self.s.exclusive:
-            self.manifest.record_moved(self.s.conf_dir, self.writer.move_aside_others())
+            self.manifest.pending_moved.extend([str(self.s.conf_dir), a, b]
+                                               for a, b in self.writer.move_aside_others())
+        if not self._flush_manifest():
+            return UNRECORDED
         self._last_good = rendered
         self.status.update(config_ok=True, rejection=None, reason="ok", last_success=time.time(),
                            config_hash=digest)
@@ -218,6 +227,17 @@ class Installer:
             pass
         text = str(self.s.bin_dir)
         return text[len("/host"):] if text.startswith("/host/") else text
+    def _flush_manifest(self) -> bool:
+        """Record what this pass wrote; False (not ready, reported) when the bin dir cannot hold the manifest."""
+        try:
+            self.manifest.flush()
+            return True
+        except OSError as exc:
+            reason = (f"cannot write the state manifest {self.manifest.path}: {exc.strerror or exc}; "
+                      f"`uninstall` would not know what was installed")
+            self.log.error("manifest_failed", why=reason)
+            self.status.update(config_ok=False, binaries_ok=False, reason=reason)
+            return False
 
     def _binaries_run(self, conflist: Dict[str, Any]) -> bool:
         """Every binary the conflist names answers VERSION on the node (see nodecheck.py); else report."""

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Mapping, Optional, Tuple
@@ -47,10 +48,29 @@ class Settings:
     node_cleanup: bool = False
     idle: bool = False
     done_marker: str = "/tmp/pycni-uninstalled"
+    sync_stuck_seconds: float = 300.0
 
     @property
     def conf_path(self) -> Path:
         return self.conf_dir / self.conf_name
+
+
+CONF_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*\.conflist$")
+CONF_NAME_MAX = 255
+
+
+def conf_name_problem(name: str) -> str:
+    """Why `name` cannot be the conflist's file name ('' when it can).
+
+    libcni loads *.conf, *.conflist and *.json of the conf dir sorted by name and the first one is the
+    node's default network: a hidden name (".conflist", "..conflist", ".x.conflist") sorts before
+    every other one, and control characters or spaces make a name nobody can read in a listing."""
+    if len(name) > CONF_NAME_MAX:
+        return f"is longer than {CONF_NAME_MAX} characters"
+    if not CONF_NAME.match(name):
+        return ("must be a plain file name ending in .conflist that starts with a letter or digit, then "
+                "letters, digits, '.', '_', '-' (e.g. 10-pycni.conflist)")
+    return ""
 
 
 def parse_bool(text: str, what: str) -> bool:
@@ -134,6 +154,9 @@ def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     p.add_argument("--runtime-path", default=e("PYCNI_RUNTIME_PATH",
                                                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"),
                    help="PATH the container runtime gives the plugins (systemd's default unless its unit sets one)")
+    p.add_argument("--sync-stuck-seconds", type=float,
+                   default=float(e("PYCNI_SYNC_STUCK_SECONDS", "300") or 300),
+                   help="a sync pass running longer than this makes /healthz and /readyz fail")
     p.add_argument("--pod-name", default=e("PYCNI_POD_NAME", ""), help="this Pod (downward API), for Events")
     p.add_argument("--pod-namespace", default=e("PYCNI_POD_NAMESPACE", ""))
     p.add_argument("--pod-uid", default=e("PYCNI_POD_UID", ""),
@@ -173,8 +196,11 @@ def parse(argv: Optional[List[str]], env: Mapping[str, str]) -> Settings:
         raise ValueError("--resync-seconds must be positive")
     if args.mtu < 0:
         raise ValueError("--mtu must be >= 0")
-    if "/" in args.conf_name or not args.conf_name.endswith(".conflist"):
-        raise ValueError(f"--conf-name must be a plain file name ending in .conflist, got {args.conf_name!r}")
+    problem = conf_name_problem(args.conf_name)
+    if problem:
+        raise ValueError(f"--conf-name {args.conf_name!r} {problem}")
+    if args.sync_stuck_seconds <= 0:
+        raise ValueError("--sync-stuck-seconds must be positive")
     if args.binary_check_timeout <= 0:
         raise ValueError("--binary-check-timeout must be positive")
     return Settings(
@@ -210,4 +236,5 @@ def parse(argv: Optional[List[str]], env: Mapping[str, str]) -> Settings:
         node_cleanup=args.node_cleanup,
         idle=args.idle,
         done_marker=args.done_marker,
+        sync_stuck_seconds=args.sync_stuck_seconds,
     )

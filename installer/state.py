@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List
 
 from .fsutil import atomic_write, read_bytes
 
@@ -15,9 +15,14 @@ STATE_NAME = ".pycni-installer.state"
 
 
 class Manifest:
+    """What was recorded, plus what is still to record: `flush` raises OSError while the bin dir cannot hold
+    the file, and keeps the entries for the next try (a write that failed once is never forgotten)."""
+
     def __init__(self, bin_dir: Path) -> None:
         self.path = bin_dir / STATE_NAME
         self.data = self._load()
+        self.pending: Dict[str, Dict[str, str]] = {"binaries": {}, "conflists": {}}
+        self.pending_moved: List[List[str]] = []
 
     def _load(self) -> Dict[str, Any]:
         raw = read_bytes(self.path)
@@ -38,17 +43,21 @@ class Manifest:
         if read_bytes(self.path) != blob:
             atomic_write(self.path, blob, 0o644)
 
-    def record_files(self, section: str, files: Dict[str, str]) -> None:
+    def flush(self) -> None:
+        """Write the pending entries (OSError, entries kept, when the file cannot be written)."""
+        if not any(self.pending.values()) and not self.pending_moved:
+            return
         self.data = self._load()  # another installer (a rolling update's overlap) may have written it
-        if any(self.data[section].get(k) != v for k, v in files.items()):
-            self.data[section].update(files)
+        changed = bool(self.pending_moved)
+        for section, files in self.pending.items():
+            if any(self.data[section].get(k) != v for k, v in files.items()):
+                self.data[section].update(files)
+                changed = True
+        self.data["moved_aside"].extend(self.pending_moved)
+        if changed:
             self._save()
-
-    def record_moved(self, conf_dir: Path, moved: List[Tuple[str, str]]) -> None:
-        if moved:
-            self.data = self._load()
-            self.data["moved_aside"].extend([str(conf_dir), a, b] for a, b in moved)
-            self._save()
+        self.pending = {"binaries": {}, "conflists": {}}
+        self.pending_moved = []
 
     def keep_cleanup_input(self, conflists: List[bytes]) -> List[bytes]:
         """The conflists a node cleanup works from: those given, saved here (while the manifest

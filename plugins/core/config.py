@@ -1,8 +1,9 @@
 """The network configuration a plugin reads on stdin, decoded and checked."""
 from __future__ import annotations
 
-import json
 import re
+
+from pycni.plugins.core.jsonio import loads
 from pycni.plugins.core.record import FrozenRecord, Record
 
 from pycni.plugins.core.errors import DECODE_FAILURE, INVALID_CONFIG, CNIError
@@ -120,8 +121,12 @@ class NetConf(Record):
 
     @property
     def valid_attachments(self) -> List[Attachment]:
-        """GC's `cni.dev/valid-attachments` (older libcni: `cni.dev/attachments`)."""
-        items = self.raw.get("cni.dev/valid-attachments", self.raw.get("cni.dev/attachments")) or []
+        """GC's `cni.dev/valid-attachments` (older libcni: `cni.dev/attachments`). Without it GC has no way to
+        tell live from stale: code 7, so nothing is deleted (an explicit [] means "none is live")."""
+        items = self.raw.get("cni.dev/valid-attachments", self.raw.get("cni.dev/attachments"))
+        if items is None:
+            raise CNIError(INVALID_CONFIG, "GC needs cni.dev/valid-attachments (the list of live attachments); "
+                                           "it is missing, so nothing is deleted")
         if not isinstance(items, list):
             raise CNIError(INVALID_CONFIG, "cni.dev/valid-attachments: expected a list")
         out = []
@@ -134,8 +139,8 @@ class NetConf(Record):
 
 def decode_json_object(stdin: bytes) -> Dict[str, Any]:
     try:
-        raw = json.loads(stdin)
-    except (ValueError, UnicodeDecodeError) as exc:
+        raw = loads(stdin)
+    except ValueError as exc:  # UnicodeDecodeError and TooDeep are ValueErrors
         raise CNIError(DECODE_FAILURE, f"failed to decode network config: {exc}") from None
     if not isinstance(raw, dict):
         raise CNIError(DECODE_FAILURE, f"network config must be a JSON object, got {type(raw).__name__}")

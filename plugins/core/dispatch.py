@@ -31,10 +31,10 @@ def _version_output() -> bytes:
 
 def _error_version(stdin: bytes) -> str:
     """The version to print an error at: the config's when it is readable and supported."""
-    import json
+    from pycni.plugins.core.jsonio import loads
 
     try:
-        version = json.loads(stdin).get("cniVersion")
+        version = loads(stdin).get("cniVersion")
     except Exception:
         return CURRENT_VERSION
     return version if version in SUPPORTED_VERSIONS else CURRENT_VERSION
@@ -99,6 +99,8 @@ def _run_verb(load_plugin: PluginLoader, environ: Mapping[str, str], stdin: byte
     conf = parse_netconf(stdin)
     if inv.command in ("STATUS", "GC") and not at_least(conf.cni_version, "1.1.0"):
         raise CNIError(INCOMPATIBLE_VERSION, f"{inv.command} needs cniVersion 1.1.0, config has {conf.cni_version}")
+    if inv.command == "GC":
+        conf.valid_attachments  # noqa: B018 -- code 7 before any plugin deletes anything when it is missing
     if inv.command == "CHECK" and not at_least(conf.cni_version, "0.4.0"):
         raise CNIError(INCOMPATIBLE_VERSION, f"CHECK needs cniVersion 0.4.0 or newer, config has {conf.cni_version}")
     plugin = load_plugin()

@@ -490,8 +490,11 @@ class Netns:
     """An open network namespace (by path): enter it briefly, or open sockets bound inside it."""
 
     def __init__(self, path: str) -> None:
+        from pycni.plugins.kernel.nsfs import open_netns_fd
+
         self.path = path
-        self.fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        self.fd = -1
+        self.fd = open_netns_fd(path)  # never blocks; NotANetns for anything but a network namespace
 
     def close(self) -> None:
         if self.fd >= 0:
@@ -526,12 +529,13 @@ class Netns:
 
 
 def open_netns(path: str) -> Optional[Netns]:
-    """The namespace at `path`, or None when the path is empty or gone."""
+    """The namespace at `path`, or None when the path is empty, gone, unreadable or not a network namespace
+    (for DEL, which must succeed: the host side is then cleaned by other means)."""
     if not path:
         return None
     try:
         return Netns(path)
-    except FileNotFoundError:
+    except OSError:  # FileNotFoundError, nsfs.NotANetns, ENAMETOOLONG, ELOOP, EACCES ...
         return None
 
 

@@ -18,6 +18,7 @@ import os
 from pycni.plugins.kernel.attachment import Tag, parse_prefix
 from pycni.plugins.core.config import NetConf
 from pycni.plugins.core.errors import INTERNAL, INVALID_CONFIG, NOT_AVAILABLE, CNIError
+from pycni.plugins.main.attach import LiveAttachment, Rollback, container_netns, refuse_live_attachment
 from pycni.plugins.main.linkconf import bool_key, ifname_key, int_key, mac_value, mtu_key, netlink_failure
 from pycni.plugins.core.plugin import Context, Plugin
 from pycni.plugins.core.record import Record
@@ -176,17 +177,20 @@ class Bridge(Plugin):
         cfg: BridgeConfig = ctx.config
         mac = requested_mac(ctx)
         tag = Tag(ctx.conf.name, ctx.inv.container_id, ctx.inv.ifname)
+        netns = container_netns(ctx.inv.netns)
+        undo = Rollback(ctx.log)
         host = nl.RtSocket()
-        netns = self._open_netns(ctx.inv.netns)
-        br = self._ensure_bridge(host, cfg)
-        result = ctx.ipam.add() if ctx.ipam else Result()
-        if ctx.ipam and not result.ips:
-            self._undo(ctx, host, tag, "", cfg)
-            raise CNIError(INTERNAL, "IPAM plugin returned missing IP config")
-        host_name = ""
         try:
+            refuse_live_attachment(netns, ctx.inv.ifname)
+            br = self._ensure_bridge(host, cfg)
+            result = ctx.ipam.add() if ctx.ipam else Result()
+            if ctx.ipam:
+                undo.created("ipam", ctx.ipam.delete)
+                if not result.ips:
+                    raise CNIError(INTERNAL, "IPAM plugin returned missing IP config")
             gateways = calc_gateways(result, cfg)
             host_name, host_mac, cont = self._make_veth(host, netns, br, cfg, mac, tag, ctx.inv.ifname)
+            undo.created("veth", lambda: host.delete_link(name=host_name), host_name)
             # Read the bridge again: a bridge whose last port left has MAC 00:00:00:00:00:00 until a port
             # joins, so its MAC from before attaching can be unusable (reference: "could not set bridge's mac").
             br = host.link(index=br.index) or br
@@ -194,6 +198,8 @@ class Bridge(Plugin):
             if gateways:
                 br = self._ensure_gateways(host, br, gateways, cfg, ctx.log)
                 self._enable_forwarding(gateways)
+            if cfg.ip_masq or cfg.macspoofchk:  # the rules are named by the tag: no live attachment has them
+                undo.created("host rules", lambda: self._rules_teardown(cfg, tag))
             if cfg.ip_masq and result.ips:
                 from pycni.plugins.kernel.masquerade import backend
 
@@ -202,26 +208,21 @@ class Bridge(Plugin):
                 from pycni.plugins.kernel.macspoofchk import MacSpoofCheck
 
                 MacSpoofCheck().setup(tag, host_name, cont.mac)
-        except BaseException:
-            self._undo(ctx, host, tag, host_name, cfg)
+        except BaseException as exc:
+            if undo.steps and (isinstance(exc, LiveAttachment) or self._live_elsewhere(host, tag, undo)):
+                undo.disown("ipam")  # the lease IPAM answered with is the live attachment's
+                undo.disown("host rules")
+            undo.run()
             raise
         finally:
             netns.close()
+            host.close()
         result.interfaces = [
             Interface(name=br.name, mac=br.mac),
             Interface(name=host_name, mac=host_mac),
             Interface(name=ctx.inv.ifname, mac=cont.mac, sandbox=ctx.inv.netns),
         ]
         return result
-
-    @staticmethod
-    def _open_netns(path: str):
-        from pycni.plugins.kernel import netlink as nl
-
-        try:
-            return nl.Netns(path)
-        except OSError as exc:
-            raise CNIError(INTERNAL, f"failed to open netns {path!r}: {exc.strerror}") from None
 
     def _ensure_bridge(self, host, cfg: BridgeConfig):
         """The bridge link, created (up, MAC pinned, accept_ra off) when missing; code 7 if the name is taken."""
@@ -279,7 +280,7 @@ class Bridge(Plugin):
             except nl.NetlinkError as exc:
                 if exc.errno == errno.EEXIST:
                     if self._has_link(netns, ifname):
-                        raise CNIError(INTERNAL, f"container interface {ifname!r} already exists") from None
+                        raise LiveAttachment(ifname, netns.path) from None
                     continue
                 host.delete_link(name=host_name)
                 raise netlink_failure("failed to create veth pair", exc) from None
@@ -306,7 +307,15 @@ class Bridge(Plugin):
         return host_name, host_mac, cont
 
     @staticmethod
-    def _has_link(netns, ifname: str) -> bool:
+    def _live_elsewhere(host, tag: Tag, undo: Rollback) -> bool:
+        """On the failure path only (a link dump costs): is this attachment live in another netns, i.e. does a
+        host veth carry its tag that this call did not create? (A runtime that reuses a container ID.)"""
+        ours = undo.names("veth")
+        try:
+            return any(link.alias.split(" ", 1)[0] == tag.prefix and link.name not in ours for link in host.links())
+        except OSError:
+            return True  # cannot tell: keep the lease rather than free a live one (DEL still releases it)
+
         sock = netns.socket()
         try:
             return sock.link(ifname) is not None
@@ -410,21 +419,6 @@ class Bridge(Plugin):
             else:
                 nl.write_sysctl("net/ipv6/conf/all/forwarding", "1")
 
-    def _undo(self, ctx: Context, host, tag: Tag, host_name: str, cfg: BridgeConfig) -> None:
-        """Best effort rollback of an ADD: veth, masquerade, IPAM reservation (errors logged, not raised)."""
-        steps = []
-        if host_name:
-            steps.append(("veth", lambda: host.delete_link(name=host_name)))
-        if cfg.ip_masq or cfg.macspoofchk:
-            steps.append(("host rules", lambda: self._rules_teardown(cfg, tag)))
-        if ctx.ipam:
-            steps.append(("ipam", ctx.ipam.delete))
-        for what, step in steps:
-            try:
-                step()
-            except Exception as exc:  # keep undoing; report the original failure
-                ctx.log.error("rollback_failed", step=what, error=str(exc))
-
     @staticmethod
     def _rules_teardown(cfg: BridgeConfig, tag: Tag) -> None:
         if cfg.ip_masq:
@@ -483,7 +477,7 @@ class Bridge(Plugin):
         prev = ctx.conf.prev_result
         ifname = ctx.inv.ifname
         position, expected = ifconfig.container_interface(prev, ifname)
-        with self._open_netns(ctx.inv.netns) as netns:
+        with container_netns(ctx.inv.netns) as netns:
             sock = netns.socket()
             try:
                 cont = sock.link(ifname)

@@ -187,8 +187,13 @@ class Store:
             if exc.errno == errno.ELOOP:
                 return None
             raise
-        try:
-            return os.read(fd, 65536)
+        try:  # the whole file: a lease of a long container ID written by another plugin must still match
+            chunks = []
+            while True:
+                chunk = os.read(fd, 65536)
+                if not chunk:
+                    return b"".join(chunks)
+                chunks.append(chunk)
         finally:
             os.close(fd)
 
