@@ -25,6 +25,10 @@ class LockedStatus:
         with self.lock:
             getattr(self, counter)[label] += n
 
+    def healthy(self) -> Tuple[bool, str]:
+        """(healthy, why not): what /healthz answers; a live process is healthy unless told otherwise."""
+        return True, "ok"
+
     def ready(self) -> Tuple[bool, str]:
         """(ready, why not): what /readyz answers."""
         raise NotImplementedError

@@ -316,6 +316,8 @@ class Bridge(Plugin):
         except OSError:
             return True  # cannot tell: keep the lease rather than free a live one (DEL still releases it)
 
+    @staticmethod
+    def _has_link(netns, ifname: str) -> bool:
         sock = netns.socket()
         try:
             return sock.link(ifname) is not None

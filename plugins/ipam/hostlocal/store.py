@@ -188,7 +188,7 @@ class Store:
                 return None
             raise
         try:  # the whole file: a lease of a long container ID written by another plugin must still match
-            chunks = []
+            chunks: "list[bytes]" = []
             while True:
                 chunk = os.read(fd, 65536)
                 if not chunk:
