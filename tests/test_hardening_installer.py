@@ -20,7 +20,7 @@ import pytest
 from helpers import ROOT, wait_until
 from test_installer_e2e import STATIC_TEMPLATE, Host, Installer, host, run_once, start, template  # noqa: F401
 
-from pycni.agent.config import ConfigError, parse_network_config
+from pycni.installer.network import ConfigError, parse_network_config
 from pycni.installer.render import NodeFacts, TemplateError, parse_template, render
 from pycni.installer.settings import parse
 

@@ -75,4 +75,5 @@ def test_same_answers_as_the_reference(bin_dir: Path, fresh_netns) -> None:
         assert answers[0] == answers[1]
     for command in ("STATUS", "GC"):
         env = plugin_env(command, cni_path=str(REFERENCE_BIN))
-        assert exec_plugin(bin_dir / "pycni-loopback", env, {**CONF, "cniVersion": "1.1.0"})[:2] == (None, 0)
+        conf = {**CONF, "cniVersion": "1.1.0", "cni.dev/valid-attachments": []}  # GC must name the live ones
+        assert exec_plugin(bin_dir / "pycni-loopback", env, conf)[:2] == (None, 0)
