@@ -12,6 +12,7 @@ from .kube import KubeUnavailable
 from .log import Log
 from .mtu import host_mtu
 from .nodecheck import NodeChecker, conflist_binaries
+from .runtime import RuntimeInstaller
 from .render import NEEDS_POD_CIDRS, NodeFacts, TemplateError, WaitingForNode, parse_template, \
     placeholders_used, render
 from .settings import Settings
@@ -42,6 +43,8 @@ class Installer:
         self.nodecheck = NodeChecker(settings.bin_dir, settings.host_root, settings.host_root_explicit,
                                      settings.host_bin_dir, settings.in_pod, settings.binary_check_timeout, log,
                                      settings.runtime_path)
+        self.runtime = RuntimeInstaller(settings.runtime_bundle, settings.bin_dir, self.nodecheck, log)
+        self.runtime_problem = ""
         self.pod_events: Any = None  # events.EventRecorder on this installer's own Pod
         self.volume: Optional[VolumeSource] = None
         self.configmap: Any = None  # source_api.ConfigMapSource
@@ -166,6 +169,10 @@ class Installer:
                 self.status.binary_copies += len(bins.copied)
             self.manifest.record_files("binaries", {str(self.s.bin_dir / n): bins.installed[n] for n in bins.copied})
         self.status.update(binaries_ok=True)
+        runtime = self.runtime.sync(why)
+        self.runtime_problem = runtime.problem
+        if runtime.installed:
+            self.manifest.record_files("runtime", {str(self.runtime.base / runtime.installed): runtime.installed})
 
         text, origin = self.template()
         if text is None:
@@ -213,6 +220,8 @@ class Installer:
             return True
         where = f" ({report.where})" if report.where else ""
         reason = f"plugin binaries do not run on this node{where}: {report.reason()}"
+        if self.runtime_problem:
+            reason += f"; {self.runtime_problem}"
         kept = self.writer.current() is not None
         self.status.update(config_ok=False, rejection=None,
                            reason=f"{reason}; no conflist written" + (" (the existing one stays)" if kept else ""))

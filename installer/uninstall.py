@@ -9,6 +9,7 @@ from pathlib import Path
 
 from .fsutil import HashCache
 from .log import Log
+from .runtime import remove_runtime
 from .settings import Settings
 from .state import Manifest
 from .writer import ConfWriter
@@ -33,6 +34,7 @@ def uninstall(settings: Settings, log: Log) -> int:
             else:
                 path.unlink()
                 log.info("uninstall_removed", file=name)
+    remove_runtime(settings.bin_dir, sorted(manifest.data["runtime"].values()), log)  # after the binaries using it
     for conf_dir, original, aside in manifest.data["moved_aside"]:
         ConfWriter(Path(conf_dir), settings.conf_name, log).restore([(original, aside)])
     manifest.remove()
