@@ -40,7 +40,7 @@ WRAPPER = "bin/python3"
 # strace of the plugins' ADD/DEL/CHECK/VERSION runs, the thin client and pycni-dns's server.
 ROOTS = ("ctypes", "_sha256", "_sha2", "json", "socket", "selectors", "signal", "subprocess",
          "ipaddress", "fcntl", "errno", "struct", "select", "time", "random", "base64", "binascii",
-         "encodings.idna", "encodings.ascii", "encodings.latin_1", "encodings.utf_8", "encodings.aliases",
+         "encodings.idna", "encodings.ascii", "encodings.cp437", "encodings.latin_1", "encodings.utf_8", "encodings.aliases",
          "_pycni_unpack", "_pycni_client", "_pycni_wire", "dnslib", "zipimport", "zlib")
 OPTIONAL_ROOTS = ("_sha256", "_sha2")  # one of them, depending on the CPython version
 # Never worth carrying, whatever imports them.
