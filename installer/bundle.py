@@ -205,8 +205,11 @@ def build(python: str, out: Path, code_path: str) -> Dict[str, object]:
                           env={"PYTHONHASHSEED": "0"}, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     if proc.returncode != 0:
         raise BundleBuildError(f"byte-compiling with {python}: {proc.stderr.decode(errors='replace').strip()}")
-    subprocess.run(["strip", "--strip-unneeded", str(tmp / INTERPRETER), *map(str, (tmp / "lib").rglob("*.so*"))],
-                   stderr=subprocess.DEVNULL)  # best effort: Debian's libraries are stripped already
+    try:  # best effort: distributions ship them stripped already, and a slim image has no binutils
+        subprocess.run(["strip", "--strip-unneeded", str(tmp / INTERPRETER), *map(str, (tmp / "lib").rglob("*.so*"))],
+                       stderr=subprocess.DEVNULL)
+    except OSError:
+        pass
     for path in tmp.rglob("*"):
         if path.is_file():
             path.chmod(0o755 if path.parent.name == "bin" or path.name == "ld.so" else 0o644)
