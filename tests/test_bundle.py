@@ -199,6 +199,21 @@ def test_bare_root_gets_the_bundle_passes_the_check_and_runs_add_del(tmp_path: P
     assert result["ips"][0]["address"] == "10.79.3.2/24", result
     assert "10.79.3.2/24" in sh("ip", "-n", cns, "addr", "show", "eth0").stdout.decode()
     assert (root / "var/lib/cni/networks/bare/10.79.3.2").exists(), "host-local ran in the root too"
+
+    # pycni-dns chained after it: its server re-execs its interpreter (sys.executable: the bundle's wrapper)
+    dns_conf = json.dumps({"cniVersion": "1.0.0", "name": "bare", "type": "pycni-dns", "upstreams": ["192.0.2.53"],
+                           "prevResult": result}).encode()
+    dns, rc, err = chroot_plugin(root, "pycni-dns", dict(env, CNI_COMMAND="ADD"), dns_conf, hostns)
+    assert rc == 0 and dns["dns"]["nameservers"] == ["10.79.3.1"], (dns, err)
+    pid = int(next((root / "run").rglob("*.pid")).read_text())
+    assert f"/{RUNTIME_DIR}/{version}/lib/libc.so.6" in Path(f"/proc/{pid}/maps").read_text(), \
+        "the DNS server runs on the bundle (and so keeps its version from being collected)"
+    _, rc, err = chroot_plugin(root, "pycni-dns", dict(env, CNI_COMMAND="DEL"), dns_conf, hostns)
+    assert rc == 0, err
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not Path(f"/proc/{pid}").exists(), "the last DEL stops the server"
     for _ in range(2):  # DEL, and again: idempotent
         result, rc, err = chroot_plugin(root, "pycni-bridge", dict(env, CNI_COMMAND="DEL"), conf, hostns)
         assert rc == 0 and not result, (result, err)
