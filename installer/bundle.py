@@ -30,7 +30,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import Dict, Iterable, List, Set, Tuple
+from typing import Dict, Iterable, List, Tuple
 
 ID_FILE = "pycni-bundle.json"  # {"id", "python", "machine", "files"}: written last, read by the installer
 LOADER = "lib/ld.so"
