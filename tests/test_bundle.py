@@ -283,6 +283,17 @@ def test_wrong_architecture_bundle_is_refused_with_that_reason(tmp_path: Path, b
     assert not (host.bin / RUNTIME_DIR / CURRENT).exists(), "current never names a bundle that failed here"
 
 
+def test_root_without_bin_sh_is_refused_with_that_reason(tmp_path: Path, bin_dir: Path, bundle: Path,
+                                                         bare_root: BareRoot) -> None:
+    """Bottlerocket and Talos ship no shell at all: the zipapps' `#!/bin/sh` cannot start, bundle or not."""
+    os.unlink(bare_root.path / "bin/sh")
+    host, proc = install(tmp_path, bin_dir, bare_root, bundle, template())
+    why = once_failure(proc)
+    assert "cannot execute /opt/cni/bin/pycni-bridge: No such file or directory (its interpreter /bin/sh is " \
+           "missing on the node)" in why, why
+    assert (host.bin / RUNTIME_DIR / CURRENT).is_symlink(), "the bundle itself runs there (no shell needed)"
+
+
 # ---- old versions go once nothing uses them --------------------------------------------------
 def test_old_versions_are_removed_once_unused(tmp_path: Path, bundle: Path) -> None:
     bins = tmp_path / "bin"
