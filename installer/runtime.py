@@ -55,6 +55,11 @@ def read_meta(bundle: Path) -> Optional[Dict[str, object]]:
     return meta if isinstance(meta, dict) and isinstance(meta.get("id"), str) else None
 
 
+def _temp_name(name: str) -> str:
+    """A dot name no other installer picks: two pods of a rolling update may both be pid 1."""
+    return f".{name}.tmp-{os.getpid()}-{os.urandom(4).hex()}"
+
+
 def in_use_by_process(version: str, proc: Path = Path("/proc")) -> Optional[int]:
     """The pid of a visible process that maps a file of this version, else None."""
     needle = f"/{RUNTIME_DIR}/{version}/"
@@ -104,15 +109,13 @@ class RuntimeInstaller:
             self._unlink_current()
         else:
             self._switch(version)
-        self.collect()
+        self.collect(keep=version)
         return RuntimeResult(version, None if problem else version, problem)
 
     def _copy(self, target: Path, version: str, why: str) -> None:
         assert self.source is not None
         self.base.mkdir(mode=0o755, exist_ok=True)
-        tmp = self.base / f".{version}.tmp-{os.getpid()}"
-        if tmp.exists():
-            shutil.rmtree(tmp)
+        tmp = self.base / _temp_name(version)
         shutil.copytree(self.source, tmp, symlinks=True)
         for path in sorted(tmp.rglob("*"), reverse=True):  # on disk before the rename makes it visible
             if path.is_file() and not path.is_symlink():
@@ -121,9 +124,15 @@ class RuntimeInstaller:
                     os.fsync(fd)
                 finally:
                     os.close(fd)
-        if target.exists():  # a half-made version (no id file): never used by `current`
+        if target.exists() and read_meta(target) is None:  # half-made (no id file): never named by `current`
             shutil.rmtree(target)
-        os.rename(str(tmp), str(target))
+        try:
+            os.rename(str(tmp), str(target))
+        except OSError:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if read_meta(target) is None:
+                raise
+            return  # another installer (a rolling update's overlap) put the same version there first
         fsync_dir(self.base)
         self.log.info("runtime_installed", dir=str(target), why=why)
 
@@ -152,11 +161,7 @@ class RuntimeInstaller:
         old = self.current()
         if old == version:
             return
-        link = self.base / f".{CURRENT}.tmp-{os.getpid()}"
-        try:
-            link.unlink()
-        except FileNotFoundError:
-            pass
+        link = self.base / _temp_name(CURRENT)
         os.symlink(version, str(link))
         os.rename(str(link), str(self.base / CURRENT))
         fsync_dir(self.base)
@@ -179,8 +184,9 @@ class RuntimeInstaller:
         except OSError:
             pass
 
-    def collect(self) -> List[str]:
-        """Remove versions (and stale temp dirs) nothing uses any more; returns their names."""
+    def collect(self, keep: str = "") -> List[str]:
+        """Remove versions (and stale temp dirs) nothing uses any more, except `keep` (the image's own,
+        even when it did not run here: no copying it again every time); returns their names."""
         current = self.current()
         removed: List[str] = []
         try:
@@ -189,23 +195,26 @@ class RuntimeInstaller:
             return removed
         now = time.time()
         for entry in entries:
-            if entry.name == CURRENT or entry.name == current or entry.is_symlink() or not entry.is_dir():
+            if entry.name in (CURRENT, current, keep):
                 continue
             try:
-                age = now - entry.stat().st_mtime
+                age = now - entry.lstat().st_mtime
             except OSError:
                 continue
-            if age < self.retire_seconds:
+            temp = entry.name.startswith(".")  # a crashed installer's copy or link
+            if age < self.retire_seconds or not (temp or entry.is_dir()):
                 continue
-            pid = in_use_by_process(entry.name) if not entry.name.startswith(".") else None
+            pid = None if temp else in_use_by_process(entry.name)
             if pid is not None:
                 self.log.info("runtime_kept", dir=str(entry), why=f"process {pid} runs from it")
                 continue
-            shutil.rmtree(entry, ignore_errors=True)
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink()
             removed.append(entry.name)
             self.log.info("runtime_removed", dir=str(entry), retired_seconds=round(age))
         return removed
-
 
 
 def remove_runtime(bin_dir: Path, versions: List[str], log: Log) -> None:

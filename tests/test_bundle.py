@@ -295,13 +295,18 @@ def test_root_without_bin_sh_is_refused_with_that_reason(tmp_path: Path, bin_dir
 
 
 # ---- old versions go once nothing uses them --------------------------------------------------
+def variant(bundle: Path, where: Path) -> Path:
+    """A copy of the bundle with an id of its own (no other test or benchmark process maps it)."""
+    shutil.copytree(bundle, where)
+    (where / "lib/python3.11/pycni-marker.txt").write_text(f"{unique()}\n")
+    (where / ID_FILE).write_text(json.dumps(dict(json.loads((bundle / ID_FILE).read_text()), id=tree_id(where))))
+    return where
+
+
 def test_old_versions_are_removed_once_unused(tmp_path: Path, bundle: Path) -> None:
     bins = tmp_path / "bin"
     bins.mkdir()
-    second = tmp_path / "second"
-    shutil.copytree(bundle, second)
-    (second / "lib/python3.11/pycni-marker.txt").write_text("another build\n")
-    (second / ID_FILE).write_text(json.dumps(dict(json.loads((bundle / ID_FILE).read_text()), id=tree_id(second))))
+    bundle, second = variant(bundle, tmp_path / "first"), variant(bundle, tmp_path / "second")
     first_id = json.loads((bundle / ID_FILE).read_text())["id"]
     second_id = json.loads((second / ID_FILE).read_text())["id"]
     checker = NodeChecker(bins, "/", True, "", False, 30, QUIET)
@@ -321,5 +326,8 @@ def test_old_versions_are_removed_once_unused(tmp_path: Path, bundle: Path) -> N
     finally:
         user.kill()
         user.wait()
-    assert eager.collect() == [first_id] and not (base / first_id).exists()
-    assert sorted(p.name for p in base.iterdir()) == [CURRENT, second_id]
+    stale = base / ".0123.tmp-1-abcd"  # a crashed installer's half copy
+    (stale / "lib").mkdir(parents=True)
+    os.utime(stale, (0, 0))
+    assert sorted(eager.collect()) == [stale.name, first_id] and not (base / first_id).exists()
+    assert sorted(p.name for p in base.iterdir()) == sorted([CURRENT, second_id])
