@@ -12,9 +12,9 @@ from .kube import KubeUnavailable
 from .log import Log
 from .mtu import host_mtu
 from .nodecheck import NodeChecker, conflist_binaries
-from .runtime import RuntimeInstaller
 from .render import NEEDS_POD_CIDRS, NodeFacts, TemplateError, WaitingForNode, parse_template, \
     placeholders_used, render
+from .runtime import RuntimeInstaller
 from .settings import Settings
 from .source_volume import VolumeSource
 from .state import Manifest

@@ -103,7 +103,11 @@ class RuntimeInstaller:
         version = str(meta["id"])
         target = self.base / version
         if read_meta(target) is None:
-            self._copy(target, version, why)
+            try:
+                self._copy(target, version, why)
+            except OSError as exc:  # e.g. a full bin dir: the node's python3 may still do; the check decides
+                self.log.error("runtime_install_failed", dir=str(target), why=str(exc))
+                return RuntimeResult(None, self.current(), f"cannot install the CPython bundle into {target}: {exc}")
         problem = self._verify(version, meta)
         if problem:
             self._unlink_current()
@@ -116,14 +120,18 @@ class RuntimeInstaller:
         assert self.source is not None
         self.base.mkdir(mode=0o755, exist_ok=True)
         tmp = self.base / _temp_name(version)
-        shutil.copytree(self.source, tmp, symlinks=True)
-        for path in sorted(tmp.rglob("*"), reverse=True):  # on disk before the rename makes it visible
-            if path.is_file() and not path.is_symlink():
-                fd = os.open(str(path), os.O_RDONLY)
-                try:
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
+        try:
+            shutil.copytree(self.source, tmp, symlinks=True)
+            for path in sorted(tmp.rglob("*"), reverse=True):  # on disk before the rename makes it visible
+                if path.is_file() and not path.is_symlink():
+                    fd = os.open(str(path), os.O_RDONLY)
+                    try:
+                        os.fsync(fd)
+                    finally:
+                        os.close(fd)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
         if target.exists() and read_meta(target) is None:  # half-made (no id file): never named by `current`
             shutil.rmtree(target)
         try:

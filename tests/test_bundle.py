@@ -294,6 +294,19 @@ def test_root_without_bin_sh_is_refused_with_that_reason(tmp_path: Path, bin_dir
     assert (host.bin / RUNTIME_DIR / CURRENT).is_symlink(), "the bundle itself runs there (no shell needed)"
 
 
+def test_a_full_bin_dir_reports_and_leaves_nothing(tmp_path: Path, bundle: Path) -> None:
+    bins = tmp_path / "bin"
+    bins.mkdir()
+    sh("mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(bins))
+    try:
+        result = RuntimeInstaller(bundle, bins, NodeChecker(bins, "/", True, "", False, 30, QUIET), QUIET).sync("t")
+        assert result.installed is None and result.current is None
+        assert "cannot install the CPython bundle" in result.problem and "No space left" in result.problem, result
+        assert list((bins / RUNTIME_DIR).iterdir()) == [], "no partial copy left behind"
+    finally:
+        sh("umount", str(bins))
+
+
 # ---- old versions go once nothing uses them --------------------------------------------------
 def variant(bundle: Path, where: Path) -> Path:
     """A copy of the bundle with an id of its own (no other test or benchmark process maps it)."""
