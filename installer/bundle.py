@@ -75,9 +75,15 @@ for name in sys.argv[2].split(","):
 stdlib = os.path.realpath(os.path.dirname(os.__file__))
 out = [stdlib, sys.version.split()[0], os.uname().machine, os.path.realpath(sys.executable)]
 for name, module in sorted(sys.modules.items()):
-    origin = getattr(getattr(module, "__spec__", None), "origin", None)
+    spec = getattr(module, "__spec__", None)
+    origin = getattr(spec, "origin", None)
     if origin and os.path.isabs(origin) and os.path.realpath(origin).startswith(stdlib + "/"):
         out.append(name + " " + os.path.realpath(origin))
+    elif spec is not None and spec.name != name:  # an alias file, e.g. 3.13's collections/abc.py
+        for path in (name.replace(".", "/") + ".py", name.replace(".", "/") + "/__init__.py"):
+            if os.path.isfile(os.path.join(stdlib, path)):
+                out.append(name + " " + os.path.join(stdlib, path))
+                break
 sys.stdout.write("\n".join(out) + "\n")
 """
 

@@ -137,6 +137,37 @@ def test_builds_are_reproducible(bundle: Path, bin_dir: Path, tmp_path: Path) ->
     assert again["id"] == json.loads((bundle / ID_FILE).read_text())["id"], "same input, same version dir"
 
 
+PYENV = Path("/root/.pyenv/versions")
+
+
+@pytest.mark.parametrize("minor", ["3.9", "3.13"])
+def test_bundles_of_other_cpythons_run_the_plugins(minor: str, tmp_path: Path, bin_dir: Path) -> None:
+    """The module set is computed per interpreter (3.13's collections.abc is an alias file, 3.12 has
+    _sha2, 3.9 links libpython): a bundle of each runs pycni-host-local ADD/DEL beside the zipapp."""
+    found = sorted(PYENV.glob(f"{minor}.*/bin/python{minor}"))
+    if not found:
+        pytest.skip(f"pyenv has no Python {minor}")
+    bins = tmp_path / "bin"
+    bins.mkdir()
+    shutil.copy(bin_dir / "pycni-host-local", bins / "pycni-host-local")
+    meta = build(str(found[-1]), bins / RUNTIME_DIR / "new", zipapp_code_path(bin_dir / "pycni-dns"))
+    (bins / RUNTIME_DIR / "new").rename(bins / RUNTIME_DIR / str(meta["id"]))
+    os.symlink(str(meta["id"]), bins / RUNTIME_DIR / CURRENT)
+    conf = json.dumps({"cniVersion": "1.0.0", "name": "other", "type": "bridge", "ipam": {
+        "type": "pycni-host-local", "dataDir": str(tmp_path / "leases"),
+        "ranges": [[{"subnet": "10.79.9.0/24"}]]}}).encode()
+    env = {"PATH": RUNTIME_PATH, "CNI_CONTAINERID": "c1", "CNI_NETNS": "/var/run/netns/none", "CNI_IFNAME": "eth0",
+           "PYCNI_CACHE_DIR": str(tmp_path / "cache"), "PYCNI_SERVER_SOCKET": "off"}
+    for command_name in ("ADD", "DEL"):
+        proc = subprocess.run([str(bins / "pycni-host-local")], input=conf, env=dict(env, CNI_COMMAND=command_name),
+                              cwd="/", stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=120)
+        assert proc.returncode == 0, (proc.stdout, proc.stderr)
+        if command_name == "ADD":
+            assert json.loads(proc.stdout)["ips"][0]["address"] == "10.79.9.2/24"
+    assert f"-{meta['python'].rsplit('.', 1)[0].replace('.', '')}" in "".join(os.listdir(tmp_path / "cache")), \
+        "the payload was unpacked by the bundle's interpreter (its cache tag)"
+
+
 # ---- the prelude: bundle, else python3, else the message ------------------------------------
 def test_prelude_prefers_the_bundle_beside_it_then_python3(tmp_path: Path, bin_dir: Path) -> None:
     """A fake bundle whose loader is a script answering VERSION with a marker version: the prelude
