@@ -15,6 +15,7 @@ from .mtu import host_mtu
 from .nodecheck import NodeChecker, SetupError, conflist_binaries
 from .render import NEEDS_POD_CIDRS, NodeFacts, TemplateError, WaitingForNode, parse_template, \
     placeholders_used, render
+from .runtime import RuntimeInstaller
 from .settings import Settings
 from .source_volume import VolumeSource
 from .state import Manifest
@@ -45,6 +46,8 @@ class Installer:
         self.nodecheck = NodeChecker(settings.bin_dir, settings.host_root, settings.host_root_explicit,
                                      settings.host_bin_dir, settings.in_pod, settings.binary_check_timeout, log,
                                      settings.runtime_path)
+        self.runtime = RuntimeInstaller(settings.runtime_bundle, settings.bin_dir, self.nodecheck, log)
+        self.runtime_problem = ""
         self.pod_events: Any = None  # events.EventRecorder on this installer's own Pod
         self.volume: Optional[VolumeSource] = None
         self.configmap: Any = None  # source_api.ConfigMapSource
@@ -177,6 +180,10 @@ class Installer:
         if not self._flush_manifest():
             return UNRECORDED
         self.status.update(binaries_ok=True)
+        runtime = self.runtime.sync(why)
+        self.runtime_problem = runtime.problem
+        if runtime.installed:
+            self.manifest.record_files("runtime", {str(self.runtime.base / runtime.installed): runtime.installed})
 
         text, origin = self.template()
         if text is None:
@@ -251,6 +258,8 @@ class Installer:
             return True
         where = f" ({report.where})" if report.where else ""
         reason = f"plugin binaries do not run on this node{where}: {report.reason()}"
+        if self.runtime_problem:
+            reason += f"; {self.runtime_problem}"
         kept = self.writer.current() is not None
         self.status.update(config_ok=False, rejection=None,
                            reason=f"{reason}; no conflist written" + (" (the existing one stays)" if kept else ""))

@@ -40,6 +40,7 @@ class Settings:
     binary_check_timeout: float = 30.0
     runtime_path: str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"  # PATH the runtime gives plugins
     in_pod: bool = False  # KUBERNETES_SERVICE_HOST is set
+    runtime_bundle: Optional[Path] = None  # the image's CPython bundle (installer/bundle.py); None = none
     # this installer's own Pod (downward API), for Events
     pod_name: str = ""
     pod_namespace: str = ""
@@ -157,6 +158,8 @@ def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     p.add_argument("--sync-stuck-seconds", type=float,
                    default=float(e("PYCNI_SYNC_STUCK_SECONDS", "300") or 300),
                    help="a sync pass running longer than this makes /healthz and /readyz fail")
+    p.add_argument("--runtime-bundle", default=e("PYCNI_RUNTIME_BUNDLE", "/opt/pycni/python"),
+                   help="the CPython bundle to install beside the plugins for nodes without python3 (\"\" = none)")
     p.add_argument("--pod-name", default=e("PYCNI_POD_NAME", ""), help="this Pod (downward API), for Events")
     p.add_argument("--pod-namespace", default=e("PYCNI_POD_NAMESPACE", ""))
     p.add_argument("--pod-uid", default=e("PYCNI_POD_UID", ""),
@@ -230,6 +233,7 @@ def parse(argv: Optional[List[str]], env: Mapping[str, str]) -> Settings:
         binary_check_timeout=args.binary_check_timeout,
         runtime_path=args.runtime_path,
         in_pod=bool(env.get("KUBERNETES_SERVICE_HOST")),
+        runtime_bundle=Path(args.runtime_bundle) if args.runtime_bundle else None,
         pod_name=args.pod_name,
         pod_namespace=args.pod_namespace,
         pod_uid=args.pod_uid,

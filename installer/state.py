@@ -35,6 +35,7 @@ class Manifest:
         data.setdefault("version", 1)
         data.setdefault("binaries", {})  # file path -> sha256 we wrote
         data.setdefault("conflists", {})  # file path -> sha256 we wrote
+        data.setdefault("runtime", {})  # bundle version dir -> bundle id (runtime.py)
         data.setdefault("moved_aside", [])  # [conf dir, original name, aside name]
         return data
 

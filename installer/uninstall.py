@@ -15,6 +15,7 @@ from typing import List
 from .cleanup import NodeCleanup, installed_conflists
 from .fsutil import HashCache
 from .log import Log
+from .runtime import remove_runtime
 from .settings import Settings
 from .state import Manifest
 from .writer import ConfWriter
@@ -36,6 +37,7 @@ def remove_files(settings: Settings, manifest: Manifest, log: Log) -> int:
             else:
                 path.unlink()
                 log.info("uninstall_removed", file=name)
+    remove_runtime(settings.bin_dir, sorted(manifest.data["runtime"].values()), log)  # after the binaries using it
     for conf_dir, original, aside in manifest.data["moved_aside"]:
         ConfWriter(Path(conf_dir), settings.conf_name, log).restore([(original, aside)])
     return kept

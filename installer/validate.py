@@ -34,6 +34,14 @@ def _executable(bin_dir: Path, name: str) -> bool:
     return path.is_file() and os.access(str(path), os.X_OK)
 
 
+def _noexec(bin_dir: Path) -> str:
+    """Why nothing there can run although the files are there: a noexec mount (the runtime could not exec them)."""
+    try:
+        return f" ({bin_dir} is on a noexec mount)" if os.statvfs(str(bin_dir)).f_flag & os.ST_NOEXEC else ""
+    except OSError:
+        return ""
+
+
 def _plugin_conf(conflist: Dict[str, Any], plugin: Dict[str, Any]) -> bytes:
     """The config a runtime hands this plugin: its own object plus the list's name and cniVersion."""
     conf = dict(plugin)
@@ -100,7 +108,8 @@ def validate(rendered: bytes, bin_dir: Path, node_bin_dir: str = "") -> Dict[str
         ipam_type = ipam.get("type") if isinstance(ipam, dict) else None
         for needed in (kind, ipam_type):
             if needed is not None and not _executable(bin_dir, needed if isinstance(needed, str) else ""):
-                missing.append(f"{where}: plugin {needed!r} is not an executable in {node_bin_dir or bin_dir}")
+                missing.append(f"{where}: plugin {needed!r} is not an executable in "
+                               f"{node_bin_dir or bin_dir}{_noexec(bin_dir)}")
         if not missing and (kind.startswith(PYCNI_PREFIX) or str(ipam_type).startswith(PYCNI_PREFIX)):
             _check_pycni(where, conflist, plugin)
     if missing:

@@ -167,6 +167,7 @@ def test_image_contents(image: str) -> None:
         "import pycni.installer.main, kubernetes, yaml\n"
         "import pycni.agent.kernel, pycni.agent.masq, pycni.plugins.server.node, pyroute2\n"
         "print(json.dumps(sorted(os.listdir('/opt/pycni/bin'))))\n"
+        "print(open('/opt/pycni/python/pycni-bundle.json').read().strip())\n"
         "print(json.dumps([shutil.which(c) for c in COMMANDS]))\n"
         "print(json.dumps([c for c in ('gcc', 'cc', 'pip', 'pip3') if shutil.which(c)]))\n"
         "print(os.readlink('/var/run'))\n"
@@ -182,10 +183,11 @@ def test_image_contents(image: str) -> None:
     proc = subprocess.run(RUN + ["--network", "none", "--read-only", "--entrypoint", "python3", image, "-c", script],
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    listing, paths, tools, var_run, pip_rc, module_rc, *runs = proc.stdout.splitlines()
+    listing, bundle, paths, tools, var_run, pip_rc, module_rc, *runs = proc.stdout.splitlines()
     # the chart mounts the host's /run/netns once: runtimes' /var/run/netns paths resolve through this
     assert var_run in ("/run", "../run"), var_run
     assert json.loads(listing) == ZIPAPPS
+    assert json.loads(bundle)["python"].startswith("3."), bundle
     found = dict(zip(commands, json.loads(paths)))
     assert found == {
         "pycni-installer": "/usr/local/bin/pycni-installer", "pycni-server": "/usr/local/bin/pycni-server",
@@ -211,6 +213,9 @@ def test_image_once_installs_into_host_dirs(image: str, chart_security_flags: Li
     log = proc.stdout + proc.stderr
     checked = [json.loads(line) for line in log.splitlines() if '"binary_checked"' in line]
     assert checked and all(e["ok"] and e["host_root"] == "/host/root" for e in checked), log
+    runtime = [json.loads(line) for line in log.splitlines() if '"runtime_checked"' in line]
+    assert runtime and runtime[0]["ok"], log  # the image's CPython bundle ran on the host, through its loader
+    assert (host_dirs["bin"] / ".pycni-python" / "current" / "pycni-bundle.json").is_file()
 
     for name in ZIPAPPS:
         path = host_dirs["bin"] / name
@@ -220,7 +225,7 @@ def test_image_once_installs_into_host_dirs(image: str, chart_security_flags: Li
     assert conflist["plugins"][0]["mtu"] == 1400
     stamp = (host_dirs["conf"] / "10-pycni.conflist").stat().st_mtime_ns
 
-    # The installed files work on the host: exec'd by /usr/bin/python3 (plugin_env puts /usr/bin first).
+    # The installed files work on the host: exec'd through the bundle beside them.
     for name in ZIPAPPS:
         result, rc, err = exec_plugin(host_dirs["bin"] / name, plugin_env("VERSION"), {"cniVersion": "1.0.0"})
         assert rc == 0, f"{name}: {err}"
