@@ -143,7 +143,8 @@ def _module_files(info: Dict[str, object]) -> Tuple[List[Tuple[Path, str]], List
     stdlib = Path(str(info["stdlib"]))
     sources: Dict[str, Path] = {}
     extensions: Dict[str, Path] = {}
-    for name, origin in sorted(info["modules"].items()):  # type: ignore[union-attr]
+    modules: Dict[str, str] = info["modules"]  # type: ignore[assignment]
+    for name, origin in sorted(modules.items()):
         if EXCLUDED.match(name):
             continue
         path = Path(origin)

@@ -183,7 +183,9 @@ class Installer:
         runtime = self.runtime.sync(why)
         self.runtime_problem = runtime.problem
         if runtime.installed:
-            self.manifest.record_files("runtime", {str(self.runtime.base / runtime.installed): runtime.installed})
+            self.manifest.pending["runtime"][str(self.runtime.base / runtime.installed)] = runtime.installed
+            if not self._flush_manifest():
+                return UNRECORDED
 
         text, origin = self.template()
         if text is None:

@@ -21,7 +21,7 @@ class Manifest:
     def __init__(self, bin_dir: Path) -> None:
         self.path = bin_dir / STATE_NAME
         self.data = self._load()
-        self.pending: Dict[str, Dict[str, str]] = {"binaries": {}, "conflists": {}}
+        self.pending: Dict[str, Dict[str, str]] = {"binaries": {}, "conflists": {}, "runtime": {}}
         self.pending_moved: List[List[str]] = []
 
     def _load(self) -> Dict[str, Any]:
@@ -57,8 +57,13 @@ class Manifest:
         self.data["moved_aside"].extend(self.pending_moved)
         if changed:
             self._save()
-        self.pending = {"binaries": {}, "conflists": {}}
+        self.pending = {"binaries": {}, "conflists": {}, "runtime": {}}
         self.pending_moved = []
+
+    def record(self, section: str, files: Dict[str, str]) -> None:
+        """Record `files` in `section` now (OSError, kept pending, when the file cannot be written)."""
+        self.pending[section].update(files)
+        self.flush()
 
     def keep_cleanup_input(self, conflists: List[bytes]) -> List[bytes]:
         """The conflists a node cleanup works from: those given, saved here (while the manifest

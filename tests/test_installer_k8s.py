@@ -270,7 +270,7 @@ def test_node_uninstall_removes_pycni_state_and_keeps_the_rest(node: Node, bin_d
 
     # the manifest also names the busy network's conflist (a second file of ours, as after an edit)
     (node.net / "20-busy.conflist").write_text(json.dumps(net("busynet", busy, "10.236.2.0/24")))
-    installer.manifest.record_files("conflists", {str(node.net / "20-busy.conflist"): __import__(
+    installer.manifest.record("conflists", {str(node.net / "20-busy.conflist"): __import__(
         "hashlib").sha256((node.net / "20-busy.conflist").read_bytes()).hexdigest()})
 
     marker = tmp_path / "done"
