@@ -37,7 +37,7 @@ def _executable(bin_dir: Path, name: str) -> bool:
 def _noexec(bin_dir: Path) -> str:
     """Why nothing there can run although the files are there: a noexec mount (the runtime could not exec them)."""
     try:
-        return f" ({bin_dir} is on a noexec mount)" if os.statvfs(str(bin_dir)).f_flag & os.ST_NOEXEC else ""
+        return " (the bin dir is on a noexec mount)" if os.statvfs(str(bin_dir)).f_flag & os.ST_NOEXEC else ""
     except OSError:
         return ""
 
