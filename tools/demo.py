@@ -88,10 +88,13 @@ class Demo:
         self.volume = ConfigMapVolume(self.work / "configmap", KEY)
         self.started = time.monotonic()
 
-    # -- the ConfigMap: the chart's built-in default, names made unique for a shared machine --
+    # -- the ConfigMap: the chart's built-in default with `dns.enabled: true` (pods resolve each other by
+    #    name, as standalone runtimes do), names made unique for a shared machine --
     def template(self, **bridge_overrides: object) -> str:
-        conflist = yaml.safe_load(VALUES.read_text())["conflist"]
+        values = yaml.safe_load(VALUES.read_text())
+        conflist = values["conflist"]
         conflist["name"] = self.network
+        conflist["plugins"].append({"type": "pycni-dns", **values["dns"]["config"]})  # as configmap.yaml does
         bridge, dns = conflist["plugins"][0], conflist["plugins"][-1]
         bridge["bridge"] = self.bridge
         bridge["ipam"]["dataDir"] = str(self.work / "host-local")
@@ -102,7 +105,7 @@ class Demo:
     def install(self) -> None:
         step("1. The installer installs the plugins and renders the node's conflist from the ConfigMap")
         self.volume.publish(self.template())
-        say("ConfigMap", f"the chart's default conflist (charts/pycni/values.yaml), bridge {self.bridge}, "
+        say("ConfigMap", f"the chart's default conflist (charts/pycni/values.yaml, dns.enabled), bridge {self.bridge}, "
                          f"network {self.network}")
         placeholders = [line.strip() for line in self.volume.text().splitlines() if "__" in line]
         say("template", "; ".join(placeholders))
