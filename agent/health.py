@@ -54,8 +54,7 @@ class AgentStatus(LockedStatus):
                     {"": self.neighbours})
             out.add("nodes", "gauge", "Node objects known from the API.", {"": self.nodes})
             out.add("unreachable_nodes", "gauge", "Nodes (some of) whose podCIDRs have no route, by node.",
-                    {labels(node=n, reason=r[:200]): 1 for n, r in sorted(self.unreachable.items())[:50]}
-                    or {"": 0})
+                    {labels(node=n, reason=r[:200]): 1 for n, r in sorted(self.unreachable.items())[:50]})
             out.add("unreachable_nodes_total", "gauge", "Count of nodes without a full route set.",
                     {"": len(self.unreachable)})
             out.add("pending_vxlan_nodes", "gauge", "vxlan: nodes still routed by host-gw until their VTEP is known.",
@@ -63,13 +62,13 @@ class AgentStatus(LockedStatus):
             out.add("route_conflicts", "gauge", "Prefixes we should route but another party's route holds.",
                     {"": self.conflicts})
             out.add("syncs_total", "counter", "Sync passes by trigger.",
-                    {labels(trigger=k): v for k, v in sorted(self.syncs.items())} or {"": 0})
+                    {labels(trigger=k): v for k, v in sorted(self.syncs.items())})
             out.add("sync_errors_total", "counter", "Sync passes that failed, by stage.",
-                    {labels(stage=k): v for k, v in sorted(self.sync_errors.items())} or {"": 0})
+                    {labels(stage=k): v for k, v in sorted(self.sync_errors.items())})
             out.add("changes_total", "counter", "Kernel entries added or removed, by kind and action.",
-                    {labels(kind=k, action=a): v for (k, a), v in sorted(self.changes.items())} or {"": 0})
+                    {labels(kind=k, action=a): v for (k, a), v in sorted(self.changes.items())})
             out.add("watch_restarts_total", "counter", "API watches restarted, by cause.",
-                    {labels(cause=k): v for k, v in sorted(self.watch_restarts.items())} or {"": 0})
+                    {labels(cause=k): v for k, v in sorted(self.watch_restarts.items())})
             out.add("last_successful_sync_timestamp_seconds", "gauge", "Unix time of the last good sync.",
                     {"": float(self.last_success)})
             out.add("last_sync_duration_seconds", "gauge", "Duration of the last sync pass.",

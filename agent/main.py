@@ -12,9 +12,9 @@ import threading
 import time
 from typing import List, Optional
 
-from pycni.installer.log import Log
+from pycni.installer.log import Log, configure
+from pycni.installer.network import ConfigError, NetworkConfig, parse_network_config
 
-from .config import ConfigError, NetworkConfig, parse_network_config
 from .health import AgentStatus
 from .settings import Settings, parse
 
@@ -82,7 +82,9 @@ def run(settings: Settings, log: Log, stop: threading.Event, wake: threading.Eve
     try:
         while not stop.is_set():
             if not (store.synced and configs.ready()):
-                status.update(reason="waiting for the first list of Nodes and the ConfigMap")
+                causes = [w.problem() for w in (watcher, source.watcher if source else None) if w is not None]
+                status.update(reason="waiting for the first list of Nodes and the ConfigMap"
+                              + "".join(f": {c}" for c in causes if c))
                 wake.wait(1.0)
                 wake.clear()
                 continue
@@ -106,13 +108,27 @@ def run(settings: Settings, log: Log, stop: threading.Event, wake: threading.Eve
     return 0
 
 
+def cleanup(argv: List[str]) -> int:
+    """`pycni-agent cleanup`: remove the agent's table, routes and VXLAN device (uninstall mode)."""
+    from .cleanup import AgentCleanup
+
+    level = os.environ.get("PYCNI_LOG_LEVEL", "info")
+    if argv or level not in ("debug", "info", "warning", "error"):
+        sys.stderr.write("usage: pycni-agent cleanup   (PYCNI_LOG_LEVEL: debug|info|warning|error)\n")
+        return 2
+    return 0 if AgentCleanup(configure(level, "pycni.agent")).run() else 1
+
+
 def main(argv: Optional[List[str]] = None) -> None:
+    args = sys.argv[1:] if argv is None else argv
+    if args[:1] == ["cleanup"]:
+        sys.exit(cleanup(args[1:]))
     try:
         settings = parse(argv, os.environ)
     except ValueError as exc:
         sys.stderr.write(f"pycni-agent: {exc}\n")
         sys.exit(2)
-    log = Log(settings.log_level)
+    log = configure(settings.log_level, "pycni.agent")
     status = AgentStatus()
     stop, wake = threading.Event(), threading.Event()
 

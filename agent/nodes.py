@@ -4,10 +4,9 @@ Only what routing needs is kept per Node (NodeInfo), so 1,000 Nodes cost little 
 """
 from __future__ import annotations
 
-import json
 import threading
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Iterable, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 from pycni.installer.log import Log
 from pycni.installer.nodes import pod_cidrs
@@ -72,8 +71,8 @@ class NodeStore:
 class NodeListWatcher(ObjectWatcher):
     """ObjectWatcher's loop (backoff, resume from the last resourceVersion, relist on 410) over ALL Nodes.
 
-    ObjectWatcher follows one named object and reports deletions as None (no name), so
-    the list and watch steps are replaced; the retry loop (`_run`) is reused as is.
+    ObjectWatcher follows one named object and reports deletions as None (no name), so the
+    query and what a list or an event does are replaced; list, watch and retry loop are reused.
     """
 
     def __init__(self, api_client: Any, store: NodeStore, log: Log, stop: threading.Event,
@@ -83,27 +82,13 @@ class NodeListWatcher(ObjectWatcher):
         core = client.CoreV1Api(api_client)
         super().__init__("nodes", core.list_node, (), "", lambda obj: None, log, stop, watch_timeout, on_restart)
         self.store = store
+        self.query = {}  # every Node
 
-    def _list(self) -> None:
-        resp = self.list_func(_preload_content=False, _request_timeout=(10, 60))
-        body = json.loads(resp.data)
-        self.store.replace_all(body.get("items") or [])
-        self.rv = body["metadata"]["resourceVersion"]
+    def _listed(self, items: List[Dict[str, Any]]) -> None:
+        self.store.replace_all(items)
 
-    def _watch(self) -> None:
-        from kubernetes import watch
-
-        stream = watch.Watch()
-        for event in stream.stream(self.list_func, resource_version=self.rv, allow_watch_bookmarks=True,
-                                   timeout_seconds=self.watch_timeout,
-                                   _request_timeout=(10, self.watch_timeout + 30)):
-            obj = event["raw_object"]
-            self.rv = (obj.get("metadata") or {}).get("resourceVersion") or self.rv
-            if event["type"] in ("ADDED", "MODIFIED"):
-                self.store.upsert(obj)
-            elif event["type"] == "DELETED":
-                self.store.remove((obj.get("metadata") or {}).get("name", ""))
-            self.backoff.reset()
-            if self.stop.is_set():
-                stream.stop()
-                break
+    def _event(self, kind: str, obj: Dict[str, Any]) -> None:
+        if kind in ("ADDED", "MODIFIED"):
+            self.store.upsert(obj)
+        elif kind == "DELETED":
+            self.store.remove((obj.get("metadata") or {}).get("name", ""))

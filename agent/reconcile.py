@@ -12,8 +12,8 @@ from collections import defaultdict
 from typing import Dict, List, Mapping, Optional, Tuple
 
 from pycni.installer.log import Log
+from pycni.installer.network import NetworkConfig, vxlan_mtu
 
-from .config import NetworkConfig, vxlan_mtu
 from .desired import Desired, compute, underlay_ip
 from .health import AgentStatus
 from .kernel import Kernel, KernelError, RouteState, VxlanLink

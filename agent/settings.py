@@ -5,9 +5,9 @@ import argparse
 from dataclasses import dataclass
 from typing import List, Mapping, Optional, Tuple
 
+from pycni.installer.network import KEY
 from pycni.installer.settings import parse_configmap, parse_listen
 
-from .config import KEY
 
 
 @dataclass(frozen=True)

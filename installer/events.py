@@ -43,7 +43,8 @@ class EventRecorder:
             "firstTimestamp": now, "lastTimestamp": now, "count": 1,
         }
         try:
-            self.core.create_namespaced_event(self.namespace, body, _request_timeout=(5, 10))
+            # The client serialises a plain dict body as it does a model (its stubs name only the model).
+            self.core.create_namespaced_event(self.namespace, body, _request_timeout=(5, 10))  # type: ignore[arg-type]
             self._posted.add(key)
             self.log.info("event_posted", reason=reason, object=f"{obj['namespace']}/{obj['name']}", node=node)
         except Exception as exc:  # an Event is a courtesy: never fail a sync over it

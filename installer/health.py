@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Dict, List, Optional, Tuple
@@ -24,6 +25,18 @@ class LockedStatus:
         with self.lock:
             getattr(self, counter)[label] += n
 
+    def healthy(self) -> Tuple[bool, str]:
+        """(healthy, why not): what /healthz answers; a live process is healthy unless told otherwise."""
+        return True, "ok"
+
+    def ready(self) -> Tuple[bool, str]:
+        """(ready, why not): what /readyz answers."""
+        raise NotImplementedError
+
+    def metrics(self) -> str:
+        """The Prometheus text /metrics answers."""
+        raise NotImplementedError
+
 
 class Metrics:
     """Prometheus text exposition, built one metric family at a time."""
@@ -33,7 +46,11 @@ class Metrics:
         self.lines: List[str] = []
 
     def add(self, name: str, kind: str, help_text: str, samples: Dict[str, Any]) -> None:
-        """`samples`: labels (see `labels`, "" for none) -> value."""
+        """`samples`: labels (see `labels`, "" for none) -> value.
+
+        A labelled family with no sample yet has no series at all: a placeholder `{"": 0}` would
+        be a different series that vanishes at the first real sample (Prometheus sees it go stale).
+        """
         self.lines.append(f"# HELP {self.prefix}{name} {help_text}")
         self.lines.append(f"# TYPE {self.prefix}{name} {kind}")
         for label_text, value in samples.items():
@@ -53,10 +70,15 @@ def labels(**pairs: Any) -> str:
 
 
 class Status(LockedStatus):
-    """What the sync loop knows; read by the HTTP handlers (thread-safe)."""
+    """What the sync loop knows; read by the HTTP handlers (thread-safe).
 
-    def __init__(self) -> None:
+    A sync pass running longer than `stuck_after` seconds makes both /readyz and /healthz fail: a pass that
+    never ends (a pathological config) must not hide behind the last good answer."""
+
+    def __init__(self, stuck_after: float = 300.0) -> None:
         super().__init__()
+        self.stuck_after = stuck_after
+        self.sync_started = 0.0  # time.monotonic() when the running pass began; 0 while idle
         self.binaries_ok = False
         self.config_ok = False
         self.reason = "starting"
@@ -71,7 +93,27 @@ class Status(LockedStatus):
         self.binary_checks: Dict[str, int] = {}  # plugin -> 1 ran fine on the node / 0 failed (nodecheck)
         self.binary_check_failures: Counter = Counter()  # plugin -> failed checks
 
+    def busy(self) -> bool:
+        """Is a sync pass running? Lock-free: the signal handler asks, in a thread that may hold the lock."""
+        return self.sync_started > 0
+
+    def stuck(self) -> str:
+        """Why the sync loop is stuck ('' when it is not)."""
+        with self.lock:
+            started = self.sync_started
+        running = time.monotonic() - started if started else 0.0
+        if running > self.stuck_after:
+            return f"a sync pass has been running for {running:.0f}s (limit {self.stuck_after:.0f}s)"
+        return ""
+
+    def healthy(self) -> Tuple[bool, str]:
+        why = self.stuck()
+        return (False, why) if why else (True, "ok")
+
     def ready(self) -> Tuple[bool, str]:
+        why = self.stuck()
+        if why:
+            return False, why
         with self.lock:
             if self.binaries_ok and self.config_ok and not self.rejection:
                 return True, "ok"
@@ -87,15 +129,15 @@ class Status(LockedStatus):
             out.add("syncs_total", "counter", "Sync passes by result (written, unchanged, rejected, waiting, error).",
                     {labels(result=k): v for k, v in sorted(self.syncs.items())} or {labels(result="written"): 0})
             out.add("rejections_total", "counter", "Distinct config inputs rejected, by kind.",
-                    {labels(kind=k): v for k, v in sorted(self.rejections.items())} or {"": 0})
+                    {labels(kind=k): v for k, v in sorted(self.rejections.items())})
             out.add("last_successful_sync_timestamp_seconds", "gauge",
                     "Unix time of the last sync that left the node's conflist and binaries as desired.",
                     {"": float(self.last_success)})
             out.add("config_info", "gauge", "sha256 of the conflist last written or confirmed on the node.",
                     {labels(sha256=self.config_hash): 1} if self.config_hash else {})
-            out.add("config_rejected", "gauge", "1 while the current config input is rejected (reason label).",
-                    {labels(kind=self.rejection[0], reason=self.rejection[1][:300]): 1} if self.rejection
-                    else {"": 0})
+            out.add("config_rejected", "gauge", "1 while the current config input is rejected (reason label); "
+                    "absent while it is not.",
+                    {labels(kind=self.rejection[0], reason=self.rejection[1][:300]): 1} if self.rejection else {})
             out.add("ready", "gauge", "1 when binaries are installed and the current config is written.",
                     {"": int(ready)})
             out.add("binary_copies_total", "counter", "Plugin binaries copied into the host bin dir.",
@@ -113,7 +155,7 @@ class Status(LockedStatus):
 
 
 class HealthServer:
-    def __init__(self, status: Status, listen: Tuple[str, int]) -> None:
+    def __init__(self, status: LockedStatus, listen: Tuple[str, int]) -> None:
         self.status = status
 
         class Handler(BaseHTTPRequestHandler):
@@ -123,7 +165,8 @@ class HealthServer:
             def do_GET(self) -> None:
                 path = self.path.split("?", 1)[0]
                 if path == "/healthz":
-                    code, body, ctype = 200, "ok\n", "text/plain; charset=utf-8"
+                    ok, reason = status.healthy()
+                    code, body, ctype = (200 if ok else 503), reason + "\n", "text/plain; charset=utf-8"
                 elif path == "/readyz":
                     ok, reason = status.ready()
                     code, body, ctype = (200 if ok else 503), reason + "\n", "text/plain; charset=utf-8"
@@ -144,7 +187,8 @@ class HealthServer:
 
     @property
     def address(self) -> Tuple[str, int]:
-        return self.server.server_address[:2]
+        host, port = self.server.server_address[:2]
+        return str(host), int(port)
 
     def start(self) -> "HealthServer":
         self.thread.start()

@@ -9,8 +9,8 @@ import time
 from typing import List, Optional
 
 from .health import HealthServer, Status
-from .log import Log
-from .reconcile import BLOCKED, REJECTED, Installer
+from .log import configure
+from .reconcile import BLOCKED, REJECTED, UNRECORDED, Installer
 from .settings import Settings, parse
 from .uninstall import uninstall
 
@@ -43,10 +43,16 @@ def run_once(installer: Installer, settings: Settings) -> int:
         ready, reason = installer.status.ready()
         if ready:
             return 0
-        if result in (REJECTED, BLOCKED) or time.monotonic() >= deadline or installer.stop.is_set():
+        if result in (REJECTED, BLOCKED, UNRECORDED) or time.monotonic() >= deadline or installer.stop.is_set():
             installer.log.error("once_failed", why=reason)
             return 1
         installer.wake.wait(min(1.0, max(0.0, deadline - time.monotonic())))
+
+
+class Stopping(BaseException):
+    """Raised by the SIGTERM/SIGINT handler inside a running sync pass, so a pass that takes long (or never
+    ends) cannot hold the process: every host write is atomic, an interrupted pass leaves the last good
+    state. A BaseException, like KeyboardInterrupt: no `except Exception` swallows it."""
 
 
 def main(argv: Optional[List[str]] = None) -> None:
@@ -55,20 +61,23 @@ def main(argv: Optional[List[str]] = None) -> None:
     except ValueError as exc:
         sys.stderr.write(f"pycni-installer: {exc}\n")
         sys.exit(2)
-    log = Log(settings.log_level)
+    log = configure(settings.log_level, "pycni.installer")
     if settings.command == "uninstall":
         sys.exit(uninstall(settings, log))
 
     from .kube import api_client
 
-    status = Status()
+    status = Status(stuck_after=settings.sync_stuck_seconds)
     installer = Installer(settings, log, status, api_factory=api_client)
 
+    why_stop = "leaving the conflist and binaries in place (a restart or rolling update must not break the node)"
+
     def on_signal(signum: int, frame: object) -> None:
-        log.info("stopping", signal=signal.Signals(signum).name,
-                 why="leaving the conflist and binaries in place (a restart or rolling update must not break the node)")
         installer.stop.set()
         installer.wake.set()
+        if status.busy():  # no lock and no log here: the interrupted pass may hold the log's lock
+            raise Stopping(signal.Signals(signum).name)
+        log.info("stopping", signal=signal.Signals(signum).name, why=why_stop)
 
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, on_signal)
@@ -83,6 +92,9 @@ def main(argv: Optional[List[str]] = None) -> None:
     installer.start_sources()
     try:
         code = run_once(installer, settings) if settings.once else run_loop(installer, settings)
+    except Stopping as exc:
+        log.info("stopping", signal=str(exc), why=f"{why_stop}; a sync pass was interrupted")
+        code = 1 if settings.once else 0
     finally:
         installer.stop.set()
         if health is not None:

@@ -35,7 +35,8 @@ _OUTPUT_LIMIT = 4096
 # environment comes as JSON: Python's own startup may add LC_CTYPE to os.environ (PEP 538).
 _EXEC_HELPER = r"""
 import json, os, sys
-root, path, env = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+root, argv, env = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3])
+path = argv[0]
 def fail(code, text):
     sys.stderr.write("%s: %s\n" % (MARK, text))
     sys.exit(code)
@@ -46,9 +47,14 @@ if root != "/":
         fail(126, "chroot into %s failed: %s (the installer needs CAP_SYS_CHROOT)" % (root, e.strerror))
 os.chdir("/")
 try:
-    os.execve(path, [path], env)
+    os.execve(path, argv, env)
 except OSError as e:
     why = e.strerror
+    try:
+        if e.errno == 13 and os.statvfs(path).f_flag & os.ST_NOEXEC:
+            why += " (%s is on a noexec mount)" % os.path.dirname(path)
+    except OSError:
+        pass
     try:
         with open(path, "rb") as f:
             first = f.readline(256)
@@ -207,11 +213,16 @@ class NodeChecker:
 
     def run_version(self, root: Path, host_path: str, version: str) -> Tuple[int, bytes, bytes]:
         """(exit status, stdout, stderr) of `CNI_COMMAND=VERSION host_path` run inside the host root."""
-        env = {"PATH": self.runtime_path, "CNI_COMMAND": "VERSION"}
+        stdin = json.dumps({"cniVersion": version}).encode()
+        return self.run_in_root(root, [host_path], stdin, {"CNI_COMMAND": "VERSION"})
+
+    def run_in_root(self, root: Path, argv: List[str], stdin: bytes,
+                    extra_env: Optional[Dict[str, str]] = None, what: str = "VERSION") -> Tuple[int, bytes, bytes]:
+        """(exit status, stdout, stderr) of `argv` (host paths) run inside the host root, as the runtime runs it."""
+        env = {"PATH": self.runtime_path, **(extra_env or {})}
         if os.environ.get("PYCNI_CACHE_DIR"):  # only where the launcher keeps its byte-code cache
             env["PYCNI_CACHE_DIR"] = os.environ["PYCNI_CACHE_DIR"]
-        stdin = json.dumps({"cniVersion": version}).encode()
-        proc = subprocess.Popen([sys.executable, "-I", "-S", "-c", _EXEC_HELPER, str(root), host_path,
+        proc = subprocess.Popen([sys.executable, "-I", "-S", "-c", _EXEC_HELPER, str(root), json.dumps(argv),
                                  json.dumps(env)],
                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
                                 cwd="/", start_new_session=True)
@@ -220,7 +231,7 @@ class NodeChecker:
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)  # the whole group: a child still holding our pipes too
             proc.communicate()
-            return 124, b"", f"no answer to VERSION within {self.timeout:g}s".encode()
+            return 124, b"", f"no answer to {what} within {self.timeout:g}s".encode()
         return proc.returncode, out[:_OUTPUT_LIMIT], err[-_OUTPUT_LIMIT:]
 
     def check(self, plugins: List[str], version: str) -> Report:

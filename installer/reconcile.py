@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from .binaries import BinaryError, BinaryInstaller
@@ -11,9 +12,10 @@ from .health import Status
 from .kube import KubeUnavailable
 from .log import Log
 from .mtu import host_mtu
-from .nodecheck import NodeChecker, conflist_binaries
+from .nodecheck import NodeChecker, SetupError, conflist_binaries
 from .render import NEEDS_POD_CIDRS, NodeFacts, TemplateError, WaitingForNode, parse_template, \
     placeholders_used, render
+from .runtime import RuntimeInstaller
 from .settings import Settings
 from .source_volume import VolumeSource
 from .state import Manifest
@@ -23,6 +25,7 @@ from .writer import ConfWriter
 # results of one pass (also the `result` label of pycni_installer_syncs_total)
 WRITTEN, UNCHANGED, REJECTED, WAITING, ERROR = "written", "unchanged", "rejected", "waiting", "error"
 BLOCKED = "blocked"  # a plugin binary the config names does not run on this node (nodecheck.py)
+UNRECORDED = "unrecorded"  # the state manifest cannot be written: `uninstall` would not know our files
 
 
 class Installer:
@@ -36,12 +39,15 @@ class Installer:
         self.api_factory = api_factory
         self.stop = threading.Event()
         self.wake = threading.Event()
-        self.binaries = BinaryInstaller(settings.source_dir, settings.bin_dir, log)
         self.writer = ConfWriter(settings.conf_dir, settings.conf_name, log)
         self.manifest = Manifest(settings.bin_dir)
+        self.binaries = BinaryInstaller(settings.source_dir, settings.bin_dir, log,
+                                        written=lambda path: self.manifest.data["binaries"].get(str(path)))
         self.nodecheck = NodeChecker(settings.bin_dir, settings.host_root, settings.host_root_explicit,
                                      settings.host_bin_dir, settings.in_pod, settings.binary_check_timeout, log,
                                      settings.runtime_path)
+        self.runtime = RuntimeInstaller(settings.runtime_bundle, settings.bin_dir, self.nodecheck, log)
+        self.runtime_problem = ""
         self.pod_events: Any = None  # events.EventRecorder on this installer's own Pod
         self.volume: Optional[VolumeSource] = None
         self.configmap: Any = None  # source_api.ConfigMapSource
@@ -109,12 +115,13 @@ class Installer:
             text = self.volume.text()
             return text, self.volume.label if text is not None else f"{self.volume.label}: no such file"
         if cm is not None:
-            return None, f"{cm.label}: not listed yet"
+            cause = cm.watcher.problem()
+            return None, f"{cm.label}: not listed yet" + (f": {cause}" if cause else "")
         return None, "no config source (set --config-dir and/or --configmap)"
 
     def _overlay_mtu(self, host: int) -> int:
         """The pod MTU: the host's, less the VXLAN overhead when the node agent runs the vxlan backend."""
-        from pycni.agent.config import KEY, pod_mtu
+        from .network import KEY, pod_mtu
 
         sources = [s for s in (self.configmap if self.configmap and self.configmap.synced else None, self.volume) if s]
         text = next((t for t in (s.text(KEY) for s in sources) if t is not None), None)
@@ -138,19 +145,24 @@ class Installer:
                                     f"{self._api_error}")
             cidrs = node.known_cidrs()
             if cidrs is None:
-                raise WaitingForNode(f"waiting for the first list of node {self.s.node_name}")
+                cause = node.watcher.problem()
+                raise WaitingForNode(f"waiting for the first list of node {self.s.node_name}"
+                                     + (f": {cause}" if cause else ""))
             if not node.exists:
                 raise WaitingForNode(f"waiting for node {self.s.node_name} to be registered")
         return NodeFacts(self.s.node_name, cidrs, mtu)
 
     # ---- the pass --------------------------------------------------------------------------
     def sync(self, why: str) -> str:
+        self.status.update(sync_started=time.monotonic())
         try:
             result = self._sync(why)
         except OSError as exc:  # a host write failed: report, retry at the next pass
             self.log.error("sync_failed", why=f"{type(exc).__name__}: {exc}")
             self.status.update(config_ok=False, reason=f"sync failed: {exc}")
             result = ERROR
+        finally:
+            self.status.update(sync_started=0.0)
         self.status.count("syncs", result)
         return result
 
@@ -164,8 +176,16 @@ class Installer:
         if bins.copied:
             with self.status.lock:
                 self.status.binary_copies += len(bins.copied)
-            self.manifest.record_files("binaries", {str(self.s.bin_dir / n): bins.installed[n] for n in bins.copied})
+            self.manifest.pending["binaries"].update({str(self.s.bin_dir / n): bins.installed[n] for n in bins.copied})
+        if not self._flush_manifest():
+            return UNRECORDED
         self.status.update(binaries_ok=True)
+        runtime = self.runtime.sync(why)
+        self.runtime_problem = runtime.problem
+        if runtime.installed:
+            self.manifest.pending["runtime"][str(self.runtime.base / runtime.installed)] = runtime.installed
+            if not self._flush_manifest():
+                return UNRECORDED
 
         text, origin = self.template()
         if text is None:
@@ -176,7 +196,7 @@ class Installer:
             template = parse_template(text)
             facts = self._facts(placeholders_used(template))
             rendered = render(template, facts)
-            conflist = validate(rendered, self.s.bin_dir)
+            conflist = validate(rendered, self.s.bin_dir, self._node_bin_dir())
         except WaitingForNode as exc:
             self.status.update(config_ok=False, rejection=None, reason=str(exc))
             self._keep_last_good()
@@ -193,13 +213,40 @@ class Installer:
         if written:
             with self.status.lock:
                 self.status.conflist_writes += 1
-            self.manifest.record_files("conflists", {str(self.writer.path): digest})
+            self.manifest.pending["conflists"][str(self.writer.path)] = digest
         if self.s.exclusive:
-            self.manifest.record_moved(self.s.conf_dir, self.writer.move_aside_others())
+            self.manifest.pending_moved.extend([str(self.s.conf_dir), a, b]
+                                               for a, b in self.writer.move_aside_others())
+        if not self._flush_manifest():
+            return UNRECORDED
         self._last_good = rendered
         self.status.update(config_ok=True, rejection=None, reason="ok", last_success=time.time(),
                            config_hash=digest)
         return WRITTEN if written else UNCHANGED
+
+    def _node_bin_dir(self) -> str:
+        """The bin dir as the node names it, for messages (our /host/opt/cni/bin is its /opt/cni/bin)."""
+        if self.s.host_bin_dir:
+            return self.s.host_bin_dir
+        try:
+            root, path = self.nodecheck.view()
+            if root != Path("/"):
+                return path
+        except SetupError:
+            pass
+        text = str(self.s.bin_dir)
+        return text[len("/host"):] if text.startswith("/host/") else text
+    def _flush_manifest(self) -> bool:
+        """Record what this pass wrote; False (not ready, reported) when the bin dir cannot hold the manifest."""
+        try:
+            self.manifest.flush()
+            return True
+        except OSError as exc:
+            reason = (f"cannot write the state manifest {self.manifest.path}: {exc.strerror or exc}; "
+                      f"`uninstall` would not know what was installed")
+            self.log.error("manifest_failed", why=reason)
+            self.status.update(config_ok=False, binaries_ok=False, reason=reason)
+            return False
 
     def _binaries_run(self, conflist: Dict[str, Any]) -> bool:
         """Every binary the conflist names answers VERSION on the node (see nodecheck.py); else report."""
@@ -213,6 +260,8 @@ class Installer:
             return True
         where = f" ({report.where})" if report.where else ""
         reason = f"plugin binaries do not run on this node{where}: {report.reason()}"
+        if self.runtime_problem:
+            reason += f"; {self.runtime_problem}"
         kept = self.writer.current() is not None
         self.status.update(config_ok=False, rejection=None,
                            reason=f"{reason}; no conflist written" + (" (the existing one stays)" if kept else ""))

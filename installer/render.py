@@ -12,12 +12,16 @@ import json
 from dataclasses import dataclass
 from typing import Any, List, Optional, Set
 
+from pycni.plugins.core.jsonio import MAX_DEPTH, too_deep
+
 NODE_NAME = "__NODE_NAME__"
 POD_CIDR_V4 = "__POD_CIDR_V4__"
 POD_CIDR_V6 = "__POD_CIDR_V6__"
 MTU = "__MTU__"
 POD_CIDR_RANGES = "__POD_CIDR_RANGES__"
 INLINE = (NODE_NAME, POD_CIDR_V4, POD_CIDR_V6, MTU)
+MAX_TEMPLATE_BYTES = 1024 * 1024  # the ConfigMap limit
+MAX_CONFLIST_BYTES = 1024 * 1024  # a rendered conflist above this is refused, never written
 NEEDS_POD_CIDRS = (POD_CIDR_V4, POD_CIDR_V6, POD_CIDR_RANGES)
 
 
@@ -41,18 +45,25 @@ class NodeFacts:
 
 
 def parse_template(text: str) -> Any:
-    """JSON, or YAML (a superset that also accepts an unquoted __MTU__)."""
-    try:
-        return json.loads(text)
-    except ValueError as json_error:
-        import yaml
+    """JSON, or YAML (a superset that also accepts an unquoted __MTU__); no YAML aliases, at most 1 MiB."""
+    from . import yamlsafe
 
+    size = len(text.encode("utf-8", "surrogatepass"))
+    if size > MAX_TEMPLATE_BYTES:
+        raise TemplateError(f"config is {size} bytes, above the {MAX_TEMPLATE_BYTES}-byte limit", "parse")
+    try:
+        obj = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        json_error = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
         try:
-            return yaml.safe_load(text)
-        except yaml.YAMLError as yaml_error:
-            if text.lstrip().startswith(("{", "[")):
+            obj = yamlsafe.load(text)
+        except yamlsafe.YamlRefused as yaml_error:
+            if text.lstrip().startswith(("{", "[")) and "alias" not in str(yaml_error):
                 raise TemplateError(f"config is not valid JSON: {json_error}", "parse") from None
-            raise TemplateError(f"config is not valid YAML: {' '.join(str(yaml_error).split())}", "parse") from None
+            raise TemplateError(f"config refused: {yaml_error}", "parse") from None
+    if too_deep(obj, MAX_DEPTH):  # rendering walks it recursively
+        raise TemplateError(f"config is nested more than {MAX_DEPTH} levels deep", "parse")
+    return obj
 
 
 def placeholders_used(obj: Any) -> Set[str]:
@@ -121,6 +132,12 @@ def render(template: Any, facts: NodeFacts) -> bytes:
         return value
 
     try:
-        return (json.dumps(walk(template), indent=2) + "\n").encode()
+        data = (json.dumps(walk(template), indent=2) + "\n").encode()
     except (TypeError, ValueError) as exc:  # YAML can hold dates, sets...: not JSON
         raise TemplateError(f"config holds a value JSON cannot represent: {exc}") from None
+    except RecursionError:
+        raise TemplateError("config is nested too deeply") from None
+    if len(data) > MAX_CONFLIST_BYTES:
+        raise TemplateError(f"the rendered conflist is {len(data)} bytes, above the {MAX_CONFLIST_BYTES}-byte "
+                            f"limit")
+    return data

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Mapping, Optional, Tuple
@@ -39,14 +40,38 @@ class Settings:
     binary_check_timeout: float = 30.0
     runtime_path: str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"  # PATH the runtime gives plugins
     in_pod: bool = False  # KUBERNETES_SERVICE_HOST is set
+    runtime_bundle: Optional[Path] = None  # the image's CPython bundle (installer/bundle.py); None = none
     # this installer's own Pod (downward API), for Events
     pod_name: str = ""
     pod_namespace: str = ""
     pod_uid: str = ""
+    # uninstall: also the node's pycni state (cleanup.py); then wait for SIGTERM, marker written
+    node_cleanup: bool = False
+    idle: bool = False
+    done_marker: str = "/tmp/pycni-uninstalled"
+    sync_stuck_seconds: float = 300.0
 
     @property
     def conf_path(self) -> Path:
         return self.conf_dir / self.conf_name
+
+
+CONF_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*\.conflist$")
+CONF_NAME_MAX = 255
+
+
+def conf_name_problem(name: str) -> str:
+    """Why `name` cannot be the conflist's file name ('' when it can).
+
+    libcni loads *.conf, *.conflist and *.json of the conf dir sorted by name and the first one is the
+    node's default network: a hidden name (".conflist", "..conflist", ".x.conflist") sorts before
+    every other one, and control characters or spaces make a name nobody can read in a listing."""
+    if len(name) > CONF_NAME_MAX:
+        return f"is longer than {CONF_NAME_MAX} characters"
+    if not CONF_NAME.match(name):
+        return ("must be a plain file name ending in .conflist that starts with a letter or digit, then "
+                "letters, digits, '.', '_', '-' (e.g. 10-pycni.conflist)")
+    return ""
 
 
 def parse_bool(text: str, what: str) -> bool:
@@ -130,10 +155,21 @@ def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     p.add_argument("--runtime-path", default=e("PYCNI_RUNTIME_PATH",
                                                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"),
                    help="PATH the container runtime gives the plugins (systemd's default unless its unit sets one)")
+    p.add_argument("--sync-stuck-seconds", type=float,
+                   default=float(e("PYCNI_SYNC_STUCK_SECONDS", "300") or 300),
+                   help="a sync pass running longer than this makes /healthz and /readyz fail")
+    p.add_argument("--runtime-bundle", default=e("PYCNI_RUNTIME_BUNDLE", "/opt/pycni/python"),
+                   help="the CPython bundle to install beside the plugins for nodes without python3 (\"\" = none)")
     p.add_argument("--pod-name", default=e("PYCNI_POD_NAME", ""), help="this Pod (downward API), for Events")
     p.add_argument("--pod-namespace", default=e("PYCNI_POD_NAMESPACE", ""))
     p.add_argument("--pod-uid", default=e("PYCNI_POD_UID", ""),
                    help="this Pod's uid (downward API metadata.uid): kubectl describe pod matches Events by it")
+    p.add_argument("--node", dest="node_cleanup", action="store_true",
+                   help="uninstall: also remove the node's pycni state (agent nft table and routes, our "
+                        "bridges, IPAM stores, DNS state)")
+    p.add_argument("--idle", action="store_true",
+                   help="uninstall: when done, write --done-marker and wait for SIGTERM (a DaemonSet pod)")
+    p.add_argument("--done-marker", default=e("PYCNI_DONE_MARKER", "/tmp/pycni-uninstalled"))
     return p
 
 
@@ -163,8 +199,11 @@ def parse(argv: Optional[List[str]], env: Mapping[str, str]) -> Settings:
         raise ValueError("--resync-seconds must be positive")
     if args.mtu < 0:
         raise ValueError("--mtu must be >= 0")
-    if "/" in args.conf_name or not args.conf_name.endswith(".conflist"):
-        raise ValueError(f"--conf-name must be a plain file name ending in .conflist, got {args.conf_name!r}")
+    problem = conf_name_problem(args.conf_name)
+    if problem:
+        raise ValueError(f"--conf-name {args.conf_name!r} {problem}")
+    if args.sync_stuck_seconds <= 0:
+        raise ValueError("--sync-stuck-seconds must be positive")
     if args.binary_check_timeout <= 0:
         raise ValueError("--binary-check-timeout must be positive")
     return Settings(
@@ -194,7 +233,12 @@ def parse(argv: Optional[List[str]], env: Mapping[str, str]) -> Settings:
         binary_check_timeout=args.binary_check_timeout,
         runtime_path=args.runtime_path,
         in_pod=bool(env.get("KUBERNETES_SERVICE_HOST")),
+        runtime_bundle=Path(args.runtime_bundle) if args.runtime_bundle else None,
         pod_name=args.pod_name,
         pod_namespace=args.pod_namespace,
         pod_uid=args.pod_uid,
+        node_cleanup=args.node_cleanup,
+        idle=args.idle,
+        done_marker=args.done_marker,
+        sync_stuck_seconds=args.sync_stuck_seconds,
     )

@@ -34,6 +34,14 @@ def _executable(bin_dir: Path, name: str) -> bool:
     return path.is_file() and os.access(str(path), os.X_OK)
 
 
+def _noexec(bin_dir: Path) -> str:
+    """Why nothing there can run although the files are there: a noexec mount (the runtime could not exec them)."""
+    try:
+        return " (the bin dir is on a noexec mount)" if os.statvfs(str(bin_dir)).f_flag & os.ST_NOEXEC else ""
+    except OSError:
+        return ""
+
+
 def _plugin_conf(conflist: Dict[str, Any], plugin: Dict[str, Any]) -> bytes:
     """The config a runtime hands this plugin: its own object plus the list's name and cniVersion."""
     conf = dict(plugin)
@@ -63,8 +71,12 @@ def _check_pycni(where: str, conflist: Dict[str, Any], plugin: Dict[str, Any]) -
         raise ValidationError("plugin_config", f"{where}: config check failed: {type(exc).__name__}: {exc}") from None
 
 
-def validate(rendered: bytes, bin_dir: Path) -> Dict[str, Any]:
-    """The parsed conflist, or ValidationError saying what is wrong and where."""
+def validate(rendered: bytes, bin_dir: Path, node_bin_dir: str = "") -> Dict[str, Any]:
+    """The parsed conflist, or ValidationError saying what is wrong and where.
+
+    `node_bin_dir`: the bin dir's path on the node (e.g. /opt/cni/bin for our /host/opt/cni/bin),
+    the one messages name: an admin reading an Event looks there, not inside our container.
+    """
     try:
         conflist = json.loads(rendered)
     except ValueError as exc:
@@ -96,7 +108,8 @@ def validate(rendered: bytes, bin_dir: Path) -> Dict[str, Any]:
         ipam_type = ipam.get("type") if isinstance(ipam, dict) else None
         for needed in (kind, ipam_type):
             if needed is not None and not _executable(bin_dir, needed if isinstance(needed, str) else ""):
-                missing.append(f"{where}: plugin {needed!r} is not an executable in {bin_dir}")
+                missing.append(f"{where}: plugin {needed!r} is not an executable in "
+                               f"{node_bin_dir or bin_dir}{_noexec(bin_dir)}")
         if not missing and (kind.startswith(PYCNI_PREFIX) or str(ipam_type).startswith(PYCNI_PREFIX)):
             _check_pycni(where, conflist, plugin)
     if missing:

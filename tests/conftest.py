@@ -39,10 +39,17 @@ def node_server_mode(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Optio
 
 @pytest.fixture(scope="session")
 def bin_dir(tmp_path_factory: pytest.TempPathFactory, plugin_cache_dir: Path) -> Path:
-    """The four zipapps, freshly built from this tree."""
+    """The four zipapps, freshly built from this tree. With PYCNI_TEST_WITH_BUNDLE=1 the CPython bundle
+    (installer/bundle.py, from /usr/bin/python3) sits beside them, as the installer lays it out, and runs them."""
     out = tmp_path_factory.mktemp("bin")
     subprocess.run([sys.executable, str(ROOT / "zipapp" / "build.py"), "--out", str(out)],
                    check=True, stdout=subprocess.DEVNULL)
+    if os.environ.get("PYCNI_TEST_WITH_BUNDLE") == "1":
+        from pycni.installer.bundle import build, zipapp_code_path
+
+        meta = build("/usr/bin/python3", out / ".pycni-python" / "new", zipapp_code_path(out / "pycni-dns"))
+        (out / ".pycni-python" / "new").rename(out / ".pycni-python" / str(meta["id"]))
+        (out / ".pycni-python" / "current").symlink_to(str(meta["id"]))
     return out
 
 

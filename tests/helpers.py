@@ -9,13 +9,36 @@ import sys
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Callable, Dict, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 ROOT = Path(__file__).resolve().parent.parent
 REFERENCE_BIN = Path("/usr/lib/cni")
 NODE_PYTHON = "/usr/bin/python3"
 # What a container runtime gives a plugin: a bare environment, run from "/".
 RUNTIME_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+# Other CPythons (3.8-3.13) for the version tests: found by path, not on PATH (CI runs with RUNTIME_PATH).
+PYENV_VERSIONS = Path(os.environ.get("PYENV_ROOT") or os.path.expanduser("~/.pyenv")) / "versions"
+
+
+def pyenv_prefixes(minor: str) -> List[Path]:
+    """pyenv's installs of CPython `minor` ("3.8"), oldest patch first (self-contained prefixes)."""
+    found = [p for p in PYENV_VERSIONS.glob(f"{minor}.*")
+             if p.name[len(minor) + 1:].isdigit() and (p / "bin" / "python3").exists()]
+    return sorted(found, key=lambda p: int(p.name[len(minor) + 1:]))
+
+
+def other_python(minor: str) -> str:
+    """A CPython `minor` binary: pyenv's newest, else /usr/bin or /usr/local/bin; skips the test when absent."""
+    prefixes = pyenv_prefixes(minor)
+    if prefixes:
+        return str(prefixes[-1] / "bin" / "python3")
+    for directory in ("/usr/bin", "/usr/local/bin"):
+        if os.access(f"{directory}/python{minor}", os.X_OK):
+            return f"{directory}/python{minor}"
+    import pytest
+
+    pytest.skip(f"no CPython {minor} on this machine (looked in {PYENV_VERSIONS}/{minor}.*, "
+                f"/usr/bin, /usr/local/bin)")
 
 
 def wait_until(check: Callable[[], Any], timeout: float = 15.0, what: str = "", interval: float = 0.05) -> Any:
@@ -40,6 +63,18 @@ def stop_process(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: flo
             proc.kill()
             proc.wait()
     return proc.returncode
+
+
+def probe(port: int, path: str, host: str = "127.0.0.1", timeout: float = 5.0) -> Tuple[int, str]:
+    """GET a health endpoint (/healthz, /readyz, /metrics) as a kubelet probe or a scraper does:
+    (status, body); (0, "") when nothing answers (not started yet, or gone)."""
+    import requests
+
+    try:
+        resp = requests.get(f"http://{host}:{port}{path}", timeout=timeout)
+    except requests.RequestException:
+        return 0, ""
+    return resp.status_code, resp.text
 
 
 def unique(prefix: str = "t") -> str:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from k8s_fake_api import FakeKubeAPI
-from pycni.agent.config import ConfigError, NetworkConfig, parse_network_config, vxlan_mtu
+from pycni.installer.network import ConfigError, NetworkConfig, parse_network_config, vxlan_mtu
 from pycni.agent.desired import RouteSpec, Subnet, compute
 from pycni.agent.masq import ruleset
 from pycni.agent.nodes import NodeInfo, NodeListWatcher, NodeStore
@@ -82,9 +82,22 @@ def test_nat_ruleset_keeps_pod_sources_and_masquerades_the_rest() -> None:
     assert "chain" not in ruleset([], [], True)
 
 
-def test_node_watcher_follows_changes_relists_after_410_and_patch_reaches_it(tmp_path: Path) -> None:
+def test_node_watcher_follows_changes_relists_after_410_and_patch_reaches_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """... and the watch events stay JSON dicts: the client's model deserialiser (~15x json.loads for
+    a Node) never runs for them (it did when the watch went through kubernetes.watch.Watch)."""
+    from kubernetes.client import ApiClient
+
     from pycni.installer.kube import api_client
 
+    models = []
+    real_deserialize = ApiClient.deserialize
+
+    def deserialize(self, *args, **kwargs):  # a spy on the real method
+        models.append(args[1] if len(args) > 1 else kwargs.get("response_type"))
+        return real_deserialize(self, *args, **kwargs)
+
+    monkeypatch.setattr(ApiClient, "deserialize", deserialize)
     with FakeKubeAPI() as api:
         api.put_node("n1", ["10.244.1.0/24"])
         kubeconfig = api.write_kubeconfig(tmp_path / "kubeconfig")
@@ -114,6 +127,7 @@ def test_node_watcher_follows_changes_relists_after_410_and_patch_reaches_it(tmp
             api.compact()
             wait(lambda: "n3" in store.snapshot(), "n3 after relist")
             assert "gone" in restarts, restarts  # 410 Gone: listed again
+            assert not models, f"watch events deserialised into models: {models}"
             # PATCH (strategic merge, as patch_node sends it) lands, and the watch brings it
             from pycni.agent.annotate import VtepAnnotator
 
@@ -131,7 +145,7 @@ def test_node_watcher_follows_changes_relists_after_410_and_patch_reaches_it(tmp
 
 
 def test_pod_mtu_for_the_installer() -> None:
-    from pycni.agent.config import pod_mtu
+    from pycni.installer.network import pod_mtu
 
     assert pod_mtu(1500, None) == 1500 and pod_mtu(1500, "backend: host-gw") == 1500
     assert pod_mtu(1500, "backend: vxlan") == 1450 and pod_mtu(9000, "backend: vxlan") == 8950

@@ -35,11 +35,15 @@ INSTALLER_ENV = {
     "PYCNI_LISTEN", "PYCNI_RESYNC_SECONDS", "PYCNI_EXCLUSIVE", "PYCNI_LOG_LEVEL",
     # added by the installer since: the node check's host root, this Pod for Events
     "PYCNI_HOST_ROOT", "PYCNI_POD_NAME", "PYCNI_POD_NAMESPACE", "PYCNI_POD_UID",
+    # the bin dir's node path (messages name it), the API server address (kubernetes.apiServer)
+    "PYCNI_HOST_BIN_DIR", "KUBERNETES_SERVICE_HOST", "KUBERNETES_SERVICE_PORT",
 }
+API_ENV = {"KUBERNETES_SERVICE_HOST", "KUBERNETES_SERVICE_PORT"}
 # Env vars pycni-agent reads (agent/settings.py and the installer's API client).
 AGENT_ENV = {
     "NODE_NAME", "PYCNI_NODE_NAME", "PYCNI_CONFIGMAP", "PYCNI_AGENT_CONFIG_KEY", "PYCNI_AGENT_LISTEN",
     "PYCNI_AGENT_RESYNC_SECONDS", "PYCNI_LOG_LEVEL", "PYCNI_WATCH_TIMEOUT_SECONDS", "PYCNI_DEBOUNCE_SECONDS",
+    "KUBERNETES_SERVICE_HOST", "KUBERNETES_SERVICE_PORT",
 }
 SERVER_ENV = {"PYCNI_SERVER_SOCKET", "PYCNI_SERVER_MAX_WORKERS", "PYCNI_SERVER_IDLE_WORKERS"}
 SERVER_CAPS = ["NET_ADMIN", "SYS_ADMIN", "NET_BIND_SERVICE"]
@@ -62,6 +66,8 @@ CUSTOM_CONFLIST = {
         "ipam": {"type": "pycni-host-local", "ranges": [[{"subnet": "192.168.50.0/24"}]]},
     }],
 }
+EXTRA_ENV = [{"name": "HTTPS_PROXY", "value": "http://proxy.example:3128"},
+             {"name": "PYCNI_FROM_SECRET", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}]
 EXTRA_TOLERATION = {"key": "dedicated", "operator": "Equal", "value": "net", "effect": "NoSchedule"}
 
 # name -> values overriding the defaults
@@ -82,6 +88,15 @@ COMBOS: Dict[str, Dict[str, Any]] = {
     "scheduling": {"tolerateAllTaints": False, "tolerations": [EXTRA_TOLERATION],
                    "nodeSelector": {"pool": "edge"}},
     "custom-conflist": {"conflist": CUSTOM_CONFLIST, "confName": "05-edge.conflist", "mtu": 9000},
+    "api-server-and-extra-env": {"kubernetes": {"apiServer": {"host": "192.168.1.10", "port": 6443}},
+                                 "extraEnv": EXTRA_ENV},
+    "api-server-default-port": {"kubernetes": {"apiServer": {"host": "k8s-api.example"}}},
+    "dns-on": {"dns": {"enabled": True, "config": {"domainName": "pods.example"}}},
+    "masquerade-by-bridge": {"network": {"masquerade": False},
+                             "conflist": {"plugins": [{"type": "pycni-bridge", "ipMasq": True,
+                                                       "ipam": {"type": "pycni-host-local",
+                                                                "ranges": "__POD_CIDR_RANGES__"}}]}},
+    "netns-propagation-none": {"server": {"netnsPropagation": "None"}},
     "hardening-knobs": {"seLinux": {"enabled": True}, "capabilities": {"add": ["DAC_OVERRIDE"]},
                         "image": {"repository": "registry.example/pycni", "tag": "dev",
                                   "pullPolicy": "Always"},
@@ -169,6 +184,19 @@ def containers_of(docs: List[Dict[str, Any]]) -> Dict[str, Dict[str, Any]]:
     return {c["name"]: c for c in ds["spec"]["template"]["spec"]["containers"]}
 
 
+def check_api_env(env: Dict[str, Any], values: Dict[str, Any]) -> None:
+    """kubernetes.apiServer becomes KUBERNETES_SERVICE_HOST/PORT (else the kubelet's Service
+    values stay); extraEnv entries come last, as given."""
+    api = values.get("kubernetes", {}).get("apiServer", {})
+    if api.get("host"):
+        assert env["KUBERNETES_SERVICE_HOST"] == api["host"]
+        assert env["KUBERNETES_SERVICE_PORT"] == str(api.get("port") or 6443)
+    else:
+        assert not API_ENV & set(env)
+    for entry in values.get("extraEnv", []):
+        assert env[entry["name"]] == entry.get("value", entry.get("valueFrom"))
+
+
 def check_daemonset(docs: List[Dict[str, Any]], values: Dict[str, Any]) -> None:
     """The DaemonSet conventions of every CNI installer, and the installer's interface."""
     (ds,) = by_kind(docs, "DaemonSet")
@@ -197,7 +225,10 @@ def check_daemonset(docs: List[Dict[str, Any]], values: Dict[str, Any]) -> None:
 
     assert ctr["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": port}
     assert ctr["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": port}
-    assert set(env) <= INSTALLER_ENV, set(env) - INSTALLER_ENV
+    extra = {e["name"] for e in values.get("extraEnv", [])}
+    assert set(env) <= INSTALLER_ENV | extra, set(env) - INSTALLER_ENV - extra
+    check_api_env(env, values)
+    assert env["PYCNI_HOST_BIN_DIR"] == values.get("hostPaths", {}).get("cniBinDir", "/opt/cni/bin")
     assert env["PYCNI_NODE_NAME"] == {"fieldRef": {"fieldPath": "spec.nodeName"}}
     assert env["PYCNI_LISTEN"] == f"0.0.0.0:{port}"
     assert env["PYCNI_CONFIG_DIR"] == "/etc/pycni/config"
@@ -258,7 +289,10 @@ def check_server(docs: List[Dict[str, Any]], values: Dict[str, Any]) -> None:
     assert ctr["command"] == ["pycni-server"] and "args" not in ctr
     privileged = server.get("privileged", False)
     env = env_of(ctr)
-    assert set(env) == SERVER_ENV | (set() if privileged else {"PYCNI_PROC_SYS"})
+    extra = {e["name"] for e in values.get("extraEnv", [])}
+    assert set(env) == SERVER_ENV | (set() if privileged else {"PYCNI_PROC_SYS"}) | extra
+    for entry in values.get("extraEnv", []):
+        assert env[entry["name"]] == entry.get("value", entry.get("valueFrom"))
     assert env["PYCNI_SERVER_SOCKET"] == "/run/pycni/server.sock"
     assert env["PYCNI_SERVER_MAX_WORKERS"] == str(server.get("maxWorkers", 64))
     assert env["PYCNI_SERVER_IDLE_WORKERS"] == str(server.get("idleWorkers", 2))
@@ -280,10 +314,12 @@ def check_server(docs: List[Dict[str, Any]], values: Dict[str, Any]) -> None:
             assert mount["mountPath"] == host["path"], mount
             assert host["type"] == "DirectoryOrCreate"
         seen[mount["mountPath"]] = (mount.get("readOnly", False), mount.get("mountPropagation"))
+    # /run/netns once (/var/run is a symlink to /run): a second HostToContainer mount is a second
+    # chance for the runtime to refuse a host whose mount is private.
+    propagation = server.get("netnsPropagation", "HostToContainer")
     wanted = {
         "/run/pycni": (False, None),
-        "/run/netns": (True, "HostToContainer"),
-        "/var/run/netns": (True, "HostToContainer"),
+        "/run/netns": (True, None if propagation == "None" else propagation),
         "/var/lib/cni": (False, None),
         bin_dir: (True, None),
     }
@@ -305,7 +341,7 @@ def check_server(docs: List[Dict[str, Any]], values: Dict[str, Any]) -> None:
 def check_agent(docs: List[Dict[str, Any]], values: Dict[str, Any]) -> None:
     """pycni-agent: its env interface, probes on agent.healthPort, NET_ADMIN + NET_RAW only, and
     network.yaml in the ConfigMap exactly when it runs (the installer's __MTU__ reads it)."""
-    from pycni.agent.config import NetworkConfig, VxlanConfig, parse_network_config
+    from pycni.installer.network import NetworkConfig, VxlanConfig, parse_network_config
 
     (cm,) = by_kind(docs, "ConfigMap")
     if not enabled(values, "agent"):
@@ -316,7 +352,9 @@ def check_agent(docs: List[Dict[str, Any]], values: Dict[str, Any]) -> None:
     port = values.get("agent", {}).get("healthPort", 9766)
     assert ctr["command"] == ["pycni-agent"] and "args" not in ctr
     env = env_of(ctr)
-    assert set(env) <= AGENT_ENV, set(env) - AGENT_ENV
+    extra = {e["name"] for e in values.get("extraEnv", [])}
+    assert set(env) <= AGENT_ENV | extra, set(env) - AGENT_ENV - extra
+    check_api_env(env, values)
     node = {"fieldRef": {"fieldPath": "spec.nodeName"}}
     assert env["NODE_NAME"] == node and env["PYCNI_NODE_NAME"] == node
     assert env["PYCNI_CONFIGMAP"] == f"{NAMESPACE}/{cm['metadata']['name']}"
@@ -398,7 +436,10 @@ def test_chart_lint_render_validate(combo: str, helm: str, k8s_versions: List[st
     (cm,) = by_kind(docs, "ConfigMap")
     defaults = yaml.safe_load((CHART / "values.yaml").read_text())
     # Helm merges maps: a conflist passed in keeps the default's top-level keys it does not set.
-    assert yaml.safe_load(cm["data"]["conflist.yaml"]) == {**defaults["conflist"], **values.get("conflist", {})}
+    expected = {**defaults["conflist"], **values.get("conflist", {})}
+    if values.get("dns", {}).get("enabled"):
+        expected["plugins"] = expected["plugins"] + [{"type": "pycni-dns", **values["dns"].get("config", {})}]
+    assert yaml.safe_load(cm["data"]["conflist.yaml"]) == expected
 
     pod = by_kind(docs, "DaemonSet")[0]["spec"]["template"]["spec"]
     if values.get("tolerateAllTaints", True):
@@ -417,19 +458,39 @@ def test_chart_lint_render_validate(combo: str, helm: str, k8s_versions: List[st
 
 
 def test_default_conflist_shape(helm: str) -> None:
-    """pycni-bridge on cni0 with pycni-host-local over the node's podCIDRs, then pycni-dns."""
-    (cm,) = by_kind(objects(render(helm)), "ConfigMap")
+    """What a Kubernetes node needs: pycni-bridge on cni0 with pycni-host-local over the node's
+    podCIDRs; no pycni-dns (the kubelet ignores CNI DNS results); no per-pod masquerade (the
+    agent's network.masquerade is the one owner)."""
+    docs = objects(render(helm))
+    (cm,) = by_kind(docs, "ConfigMap")
     conf = yaml.safe_load(cm["data"]["conflist.yaml"])
-    bridge, dns = conf["plugins"]
+    (bridge,) = conf["plugins"]
     assert (bridge["type"], bridge["bridge"], bridge["isGateway"], bridge["ipMasq"]) == (
-        "pycni-bridge", "cni0", True, True)
+        "pycni-bridge", "cni0", True, False)
     assert bridge["ipam"] == {"type": "pycni-host-local", "ranges": "__POD_CIDR_RANGES__"}
-    assert dns["type"] == "pycni-dns"
+    assert yaml.safe_load(cm["data"]["network.yaml"])["masquerade"] is True
+    with_dns = yaml.safe_load(by_kind(objects(render(helm, ["--set", "dns.enabled=true"])), "ConfigMap")[0]
+                              ["data"]["conflist.yaml"])
+    assert [p["type"] for p in with_dns["plugins"]] == ["pycni-bridge", "pycni-dns"]
+
+
+@pytest.mark.parametrize("values", [
+    {"conflist": {"plugins": [{"type": "pycni-bridge", "ipMasq": True}]}},
+    {"conflist": {"plugins": [{"type": "pycni-macvlan"}, {"type": "pycni-bridge", "ipMasq": True}]},
+     "network": {"masquerade": True}},
+], ids=["bridge-and-agent", "second-plugin"])
+def test_masquerade_has_one_owner(values: Dict[str, Any], helm: str, tmp_path: Path) -> None:
+    """ipMasq on a plugin while the agent masquerades: the chart refuses to render, naming both."""
+    proc = template(helm, *_values_args(values, tmp_path))
+    assert proc.returncode != 0
+    assert "ipMasq" in proc.stderr and "network.masquerade" in proc.stderr, proc.stderr
+    off = _deep_merge(values, {"agent": {"enabled": False}})
+    assert template(helm, *_values_args(off, tmp_path)).returncode == 0, "no agent: the bridge may own it"
 
 
 def test_network_defaults_mirror_the_agent() -> None:
-    """values.yaml `network`, the schema's defaults and pycni.agent.config agree on every default."""
-    from pycni.agent.config import NetworkConfig
+    """values.yaml `network`, the schema's defaults and pycni.installer.network agree on every default."""
+    from pycni.installer.network import NetworkConfig
     from pycni.agent.settings import parse as parse_agent_settings
 
     values = yaml.safe_load((CHART / "values.yaml").read_text())["network"]
@@ -470,7 +531,7 @@ NETWORK_CASES = [  # (network values, accepted)
 def test_network_schema_agrees_with_the_agent(case: Dict[str, Any], accepted: bool, helm: str,
                                               tmp_path: Path) -> None:
     """A `network` value the schema takes is one the agent takes, and the other way round."""
-    from pycni.agent.config import ConfigError, parse_network_config
+    from pycni.installer.network import ConfigError, parse_network_config
 
     proc = template(helm, *_values_args({"network": case}, tmp_path))
     assert (proc.returncode == 0) == accepted, proc.stderr
@@ -620,3 +681,56 @@ def test_installer_validation_rejects_a_broken_chart_conflist(helm: str, bin_dir
                                NodeFacts(name="n", pod_cidrs=["10.0.0.0/24"], mtu=1500))
     with pytest.raises(ValidationError):
         validate(rendered, bin_dir)
+
+
+def test_uninstall_mode(helm: str, k8s_versions: List[str], tmp_path: Path) -> None:
+    """uninstall: true replaces every container with one that runs `pycni-agent cleanup`, then
+    `pycni-installer uninstall --node --idle`, Ready once its marker exists; it sees the host paths the cleanup works on, at the paths
+    the installer and the conflist name, and nothing else runs on the node."""
+    text = render(helm, ["--set", "uninstall=true"])
+    assert_valid(text, tmp_path, k8s_versions)
+    docs = objects(text)
+    (ds,) = by_kind(docs, "DaemonSet")
+    pod = ds["spec"]["template"]["spec"]
+    (ctr,) = pod["containers"]
+    assert ctr["command"] == ["sh", "-c", "pycni-agent cleanup && exec pycni-installer uninstall --node --idle"]
+    env = env_of(ctr)
+    assert env["PYCNI_BIN_DIR"] == "/host/opt/cni/bin" and env["PYCNI_CONF_DIR"] == "/host/etc/cni/net.d"
+    assert ctr["readinessProbe"]["exec"]["command"] == ["cat", "/tmp/pycni-uninstalled"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    mounts = {m["mountPath"]: volumes[m["name"]] for m in ctr["volumeMounts"]}
+    assert {p: v.get("hostPath", {}).get("path") for p, v in mounts.items()} == {
+        "/host/opt/cni/bin": "/opt/cni/bin", "/host/etc/cni/net.d": "/etc/cni/net.d", "/tmp": None,
+        "/var/lib/cni": "/var/lib/cni", "/run/pycni": "/run/pycni"}
+    assert pod["hostNetwork"] is True and pod["hostPID"] is True  # the agent's state; DNS servers' pids
+    sc = ctr["securityContext"]
+    assert sc["capabilities"] == {"drop": ["ALL"], "add": ["NET_ADMIN"]} and sc["privileged"] is False
+    # the same objects as the install: applying it over the install rolls every node to the cleanup
+    installed = objects(render(helm))
+    assert sorted((d["kind"], d["metadata"]["name"]) for d in docs) == sorted(
+        (d["kind"], d["metadata"]["name"]) for d in installed)
+
+
+def test_uninstall_manifest_is_up_to_date(helm: str) -> None:
+    module = _render_manifest_module()
+    assert module.UNINSTALL_MANIFEST.read_text() == module.render(helm, module.UNINSTALL_VALUES), (
+        "charts/pycni-uninstall.yaml is out of date: run python3 tools/render-manifest.py")
+
+
+@pytest.mark.parametrize("uninstall", [False, True])
+def test_notes_tell_how_to_uninstall(uninstall: bool, helm: str, tmp_path: Path) -> None:
+    """The install's notes say that `helm uninstall` alone leaves the nodes as they are and how to
+    clean them; the uninstall mode's notes say how to wait for it, then remove the release."""
+    proc = subprocess.run(
+        [helm, "install", "pycni", str(CHART), "--namespace", NAMESPACE, "--dry-run=client",
+         "--set", f"uninstall={str(uninstall).lower()}"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "KUBECONFIG": str(tmp_path / "none")},
+    )
+    assert proc.returncode == 0, proc.stderr
+    notes = proc.stdout.split("NOTES:", 1)[1]
+    if uninstall:
+        assert "REMOVED" in notes and "rollout status daemonset/pycni" in notes and "-c uninstall" in notes
+        assert "helm uninstall pycni -n kube-system" in notes and "edit configmap" not in notes
+    else:
+        assert "--set uninstall=true" in notes and "helm uninstall alone leaves" in notes

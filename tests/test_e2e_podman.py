@@ -26,8 +26,13 @@ pytestmark = [pytest.mark.kernel, pytest.mark.slow]
 
 
 def chart_default_conflist() -> Dict[str, Any]:
+    """The chart's conflist as a standalone runtime's node wants it (README): podman uses CNI DNS
+    results (`dns.enabled`), and without pycni-agent the bridge masquerades (`ipMasq`)."""
     values = yaml.safe_load((ROOT / "charts" / "pycni" / "values.yaml").read_text())
-    return values["conflist"]
+    conf = values["conflist"]
+    conf["plugins"][0]["ipMasq"] = True
+    conf["plugins"].append({"type": "pycni-dns", **values["dns"]["config"]})
+    return conf
 
 
 class Node:
@@ -155,7 +160,7 @@ def test_installed_by_the_built_image(node: Node, image: str, chart_security_fla
     conf = node.install_with_image(image, chart_security_flags, node.template(), str(subnet))
     assert [p["type"] for p in conf["plugins"]] == ["pycni-bridge", "pycni-dns"]
     assert sorted(p.name for p in node.bin.iterdir() if p.name.startswith("pycni-")) == [
-        "pycni-bridge", "pycni-dns", "pycni-host-local", "pycni-macvlan"]
+        "pycni-bridge", "pycni-dns", "pycni-host-local", "pycni-loopback", "pycni-macvlan"]
     a, b = unique("a"), unique("b")
     ip_a, ip_b = start(node, a), start(node, b)
     assert all(ipaddress.ip_address(ip) in subnet for ip in (ip_a, ip_b))

@@ -29,11 +29,12 @@ from helpers import ROOT, exec_plugin, in_netns, plugin_env, unique
 pytestmark = [pytest.mark.slow, pytest.mark.standalone_only]
 
 BASE_IMAGE = "localhost/pycni-base:bookworm"
-IMAGE = "localhost/pycni-installer:test"
-BUILD_CACHE = "localhost/pycni-installer:build-cache"
+# PYCNI_TEST_IMAGE: another tag, for builds of different trees on one machine (e.g. worktrees)
+IMAGE = os.environ.get("PYCNI_TEST_IMAGE") or "localhost/pycni-installer:test"
+BUILD_CACHE = IMAGE.rsplit(":", 1)[0] + ":build-cache" + ("" if IMAGE.endswith(":test") else "-" + IMAGE.rsplit(":", 1)[1])
 PODMAN = ["podman", "--runtime", "runc"]
 RUN = PODMAN + ["run", "--rm", "--ulimit", "nproc=1000:1000", "--ulimit", "nofile=1000:1000"]
-ZIPAPPS = ["pycni-bridge", "pycni-dns", "pycni-host-local", "pycni-macvlan"]
+ZIPAPPS = ["pycni-bridge", "pycni-dns", "pycni-host-local", "pycni-loopback", "pycni-macvlan"]
 # pytest-xdist workers building at once take turns on a lock on the Containerfile itself.
 LOCK = ROOT / "images" / "Containerfile"
 
@@ -166,8 +167,10 @@ def test_image_contents(image: str) -> None:
         "import pycni.installer.main, kubernetes, yaml\n"
         "import pycni.agent.kernel, pycni.agent.masq, pycni.plugins.server.node, pyroute2\n"
         "print(json.dumps(sorted(os.listdir('/opt/pycni/bin'))))\n"
+        "print(open('/opt/pycni/python/pycni-bundle.json').read().strip())\n"
         "print(json.dumps([shutil.which(c) for c in COMMANDS]))\n"
         "print(json.dumps([c for c in ('gcc', 'cc', 'pip', 'pip3') if shutil.which(c)]))\n"
+        "print(os.readlink('/var/run'))\n"
         "print(subprocess.run([sys.executable, '-m', 'pip', '--version'], capture_output=True).returncode)\n"
         "print(subprocess.run([sys.executable, '-m', 'pycni.installer', '--help'], capture_output=True).returncode)\n"
         "for argv in (['nft', '--version'], ['iptables-restore', '--version'], ['pycni-server', '--help'],\n"
@@ -180,8 +183,11 @@ def test_image_contents(image: str) -> None:
     proc = subprocess.run(RUN + ["--network", "none", "--read-only", "--entrypoint", "python3", image, "-c", script],
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    listing, paths, tools, pip_rc, module_rc, *runs = proc.stdout.splitlines()
+    listing, bundle, paths, tools, var_run, pip_rc, module_rc, *runs = proc.stdout.splitlines()
+    # the chart mounts the host's /run/netns once: runtimes' /var/run/netns paths resolve through this
+    assert var_run in ("/run", "../run"), var_run
     assert json.loads(listing) == ZIPAPPS
+    assert json.loads(bundle)["python"].startswith("3."), bundle
     found = dict(zip(commands, json.loads(paths)))
     assert found == {
         "pycni-installer": "/usr/local/bin/pycni-installer", "pycni-server": "/usr/local/bin/pycni-server",
@@ -207,6 +213,9 @@ def test_image_once_installs_into_host_dirs(image: str, chart_security_flags: Li
     log = proc.stdout + proc.stderr
     checked = [json.loads(line) for line in log.splitlines() if '"binary_checked"' in line]
     assert checked and all(e["ok"] and e["host_root"] == "/host/root" for e in checked), log
+    runtime = [json.loads(line) for line in log.splitlines() if '"runtime_checked"' in line]
+    assert runtime and runtime[0]["ok"], log  # the image's CPython bundle ran on the host, through its loader
+    assert (host_dirs["bin"] / ".pycni-python" / "current" / "pycni-bundle.json").is_file()
 
     for name in ZIPAPPS:
         path = host_dirs["bin"] / name
@@ -216,7 +225,7 @@ def test_image_once_installs_into_host_dirs(image: str, chart_security_flags: Li
     assert conflist["plugins"][0]["mtu"] == 1400
     stamp = (host_dirs["conf"] / "10-pycni.conflist").stat().st_mtime_ns
 
-    # The installed files work on the host: exec'd by /usr/bin/python3 (plugin_env puts /usr/bin first).
+    # The installed files work on the host: exec'd through the bundle beside them.
     for name in ZIPAPPS:
         result, rc, err = exec_plugin(host_dirs["bin"] / name, plugin_env("VERSION"), {"cniVersion": "1.0.0"})
         assert rc == 0, f"{name}: {err}"
@@ -598,3 +607,55 @@ def test_image_agent_converges_in_a_node_netns(image: str, make_netns, tmp_path:
         if api.stdin:
             api.stdin.close()
         api.wait(timeout=30)
+
+
+def test_image_uninstall_mode_cleans_a_node_netns(image: str, chart_security_flags: List[str],
+                                                  host_dirs: Dict[str, Path], make_netns, tmp_path: Path,
+                                                  container_name: str) -> None:
+    """charts/pycni-uninstall.yaml's container (its command, capabilities, read-only root, mounts) in a
+    netns standing in for a node: after an install (`--once`) and the agent's kernel state, it removes
+    the files, the `inet pycni-agent` table and the agent's route, turns Ready (its probe), idles, and
+    exits 0 on SIGTERM."""
+    install = subprocess.run(RUN + ["--network", "none", *chart_security_flags, *mounts(host_dirs), image, "--once"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=120)
+    assert install.returncode == 0, install.stderr
+    assert (host_dirs["bin"] / "loopback").is_file() and (host_dirs["conf"] / "10-pycni.conflist").is_file()
+    ns = make_netns("ui")
+    in_netns(ns, "ip", "link", "add", "under0", "type", "veth", "peer", "name", "under1")
+    in_netns(ns, "ip", "addr", "add", "192.168.232.1/24", "dev", "under0")
+    in_netns(ns, "ip", "link", "set", "under0", "up")
+    in_netns(ns, "ip", "route", "add", "10.232.7.0/24", "via", "192.168.232.2", "proto", "156")
+    in_netns(ns, "nft", "add table inet pycni-agent; add chain inet pycni-agent post "
+             "{ type nat hook postrouting priority 100; }; add rule inet pycni-agent post masquerade")
+
+    pod = chart_pod((ROOT / "charts" / "pycni-uninstall.yaml").read_text())
+    ctr = container(pod, "uninstall")
+    stand_ins = {"/opt/cni/bin": host_dirs["bin"], "/etc/cni/net.d": host_dirs["conf"],
+                 "/var/lib/cni": tmp_path / "var-lib-cni", "/run/pycni": tmp_path / "run-pycni"}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    flags = ["--network", f"ns:/run/netns/{ns}", "--pid", "host"] if pod["hostPID"] else []
+    for mount in ctr["volumeMounts"]:
+        volume = volumes[mount["name"]]
+        if "emptyDir" in volume:
+            flags += ["--tmpfs", mount["mountPath"]]
+            continue
+        source = stand_ins[volume["hostPath"]["path"]]
+        source.mkdir(exist_ok=True)
+        flags += ["-v", f"{source}:{mount['mountPath']}"]
+    env = [f"--env={e['name']}={e['value']}" for e in ctr["env"]]
+    start = podman("run", "-d", "--name", container_name, "--ulimit", "nproc=1000:1000", "--ulimit",
+                   "nofile=1000:1000", *security_flags(ctr), *flags, *env, "--entrypoint", ctr["command"][0],
+                   image, *ctr["command"][1:], timeout=120)
+    assert start.returncode == 0, start.stderr
+    probe = ctr["readinessProbe"]["exec"]["command"]
+    deadline = time.monotonic() + 60
+    while podman("exec", container_name, *probe, timeout=30).returncode != 0:
+        assert time.monotonic() < deadline, podman("logs", container_name).stderr
+        time.sleep(0.5)
+    assert sorted(p.name for p in host_dirs["bin"].iterdir()) == []
+    assert sorted(p.name for p in host_dirs["conf"].iterdir()) == []
+    assert in_netns(ns, "nft", "list", "table", "inet", "pycni-agent", check=False).returncode != 0
+    assert "10.232.7.0" not in in_netns(ns, "ip", "route", "show").stdout.decode()
+    stop = podman("stop", "-t", "20", container_name, timeout=60)
+    assert stop.returncode == 0, stop.stderr
+    assert podman("inspect", "-f", "{{.State.ExitCode}}", container_name).stdout.strip() == "0"

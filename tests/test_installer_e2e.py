@@ -13,14 +13,12 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import pytest
 
-from helpers import ROOT
+from helpers import ROOT, probe
 from helpers import stop_process
 from helpers import wait_until as wait_for
 from k8s_fake_api import FakeKubeAPI
@@ -133,13 +131,7 @@ class Installer:
             env=env, cwd=str(ROOT), stdout=subprocess.DEVNULL, stderr=self._log)
 
     def get(self, path: str) -> Tuple[int, str]:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=5) as resp:
-                return resp.status, resp.read().decode()
-        except urllib.error.HTTPError as exc:
-            return exc.code, exc.read().decode()
-        except OSError:
-            return 0, ""
+        return probe(self.port, path)
 
     def ready(self) -> bool:
         return self.get("/readyz")[0] == 200
@@ -228,7 +220,9 @@ def test_first_install_then_restart_writes_nothing(host: Host, start: Callable[.
     assert not [p for p in host.net.iterdir() if p.name != CONF], "temp files left in the conf dir"
     events = [json.loads(line) for line in first.stderr.decode().splitlines()]
     written = [e for e in events if e["event"] in ("binary_installed", "conflist_written")]
-    assert len(written) == len(list(host.src.iterdir())) + 1 and all(e.get("file") for e in written)
+    # every zipapp, pycni-loopback once more as `loopback` (the bin dir had none), the conflist
+    assert (host.bin / "loopback").read_bytes() == (host.src / "pycni-loopback").read_bytes()
+    assert len(written) == len(list(host.src.iterdir())) + 2 and all(e.get("file") for e in written)
 
     before = host.snapshot()
     again = run_once(host, *args)
@@ -396,6 +390,22 @@ def test_watch_drop_and_410_gone_are_recovered(host: Host, start: Callable[..., 
     m = inst.metrics()
     assert m['pycni_installer_watch_restarts_total{source="configmap",cause="gone"}'] == 1
     assert m['pycni_installer_watch_restarts_total{source="configmap",cause="dropped"}'] >= 1
+
+
+def test_library_warnings_are_json_lines(host: Host, start: Callable[..., Installer], tmp_path: Path) -> None:
+    """An API server that refuses connections makes urllib3 (under the kubernetes client) log its
+    "Retrying ..." warnings: they come out as JSON lines of the installer's log, like its own events
+    (before, Python's last-resort handler printed them as plain text)."""
+    with FakeKubeAPI() as gone:
+        kubeconfig = gone.write_kubeconfig(tmp_path / "kubeconfig-refused")
+    inst = start(*api_args("node-l"), kubeconfig=kubeconfig)
+    wait_for(lambda: any(e["event"] == "watch_dropped" for e in inst.events()), 20, "a failed watch")
+    inst.stop()
+    lines = inst.logs_text().splitlines()
+    assert lines and all(line.startswith("{") for line in lines), inst.logs_text()
+    retries = [json.loads(line) for line in lines if '"urllib3.' in line]
+    assert retries and all(e["level"] == "warning" and e["event"] == "log" and e["logger"].startswith("urllib3.")
+                           and "Retrying" in e["message"] for e in retries), retries
 
 
 def test_resync_restores_deleted_conflist_and_binary(host: Host, start: Callable[..., Installer]) -> None:

@@ -16,7 +16,7 @@ from typing import Iterator, List, Optional, Tuple
 
 import pytest
 
-from helpers import unique
+from helpers import PYENV_VERSIONS, pyenv_prefixes, unique
 from k8s_fake_api import FakeKubeAPI
 from test_installer_e2e import CONF, CM, KEY, NS, Host, Installer, kubelet_update, run_once, wait_for
 
@@ -25,7 +25,7 @@ from pycni.installer.nodecheck import RUNTIME_PATH, NodeChecker, SetupError, jud
 from pycni.installer.settings import parse
 
 QUIET = Log("error")
-PY38 = sorted(Path("/root/.pyenv/versions").glob("3.8.*"))
+PY38 = pyenv_prefixes("3.8")  # a self-contained prefix: bound into a fake host root
 BUSYBOX = Path("/bin/busybox")
 REFERENCE_PORTMAP = Path("/usr/lib/cni/portmap")  # a Go reference plugin an admin might chain
 NEED_PY39 = "pycni plugins need CPython >= 3.9 on the node"
@@ -109,7 +109,7 @@ class RootedHost(Host):
 @pytest.fixture(params=["no-python3", "python3.8"])
 def bad_root(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Tuple[FakeRoot, str]]:
     if request.param == "python3.8" and not PY38:
-        pytest.skip("pyenv has no Python 3.8")
+        pytest.skip(f"no pyenv CPython 3.8 (looked in {PYENV_VERSIONS}/3.8.*)")
     root = FakeRoot(tmp_path / unique("fr"), python38=request.param == "python3.8")
     try:
         yield root, (NO_PYTHON if request.param == "no-python3" else py38_message())
@@ -209,7 +209,7 @@ def test_once_on_a_bad_node_exits_nonzero_with_the_reason(tmp_path: Path, bin_di
     assert host.conflist.read_bytes() == OLD_CONFLIST and host.conflist.stat().st_ino == inode
 
 
-@pytest.mark.skipif(not PY38, reason="pyenv has no Python 3.8")
+@pytest.mark.skipif(not PY38, reason=f"no pyenv CPython 3.8 (looked in {PYENV_VERSIONS}/3.8.*)")
 def test_fixing_the_node_lets_the_conflist_in(tmp_path: Path, bin_dir: Path) -> None:
     """After python3 >= 3.9 appears on the node, the next resync passes the check and writes."""
     root = FakeRoot(tmp_path / unique("fr"), python38=True)

@@ -151,7 +151,8 @@ def test_binaries_skip_identical_and_fix_modes(tmp_path: Path, bin_dir: Path) ->
     dst = tmp_path / "dst"
     dst.mkdir()
     installer = BinaryInstaller(bin_dir, dst, QUIET)
-    assert sorted(installer.sync("t").copied) == sorted(p.name for p in bin_dir.iterdir())
+    # pycni-loopback also as `loopback`, the name runtimes exec (the bin dir had none)
+    assert sorted(installer.sync("t").copied) == sorted([p.name for p in bin_dir.iterdir()] + ["loopback"])
     inodes = {p.name: p.stat().st_ino for p in dst.iterdir()}
     assert installer.sync("t").copied == [] and BinaryInstaller(bin_dir, dst, QUIET).sync("t").copied == []
     assert {p.name: p.stat().st_ino for p in dst.iterdir()} == inodes
@@ -346,6 +347,50 @@ def test_health_status_and_metrics_format() -> None:
     assert f'pycni_installer_config_info{{sha256="{"ab" * 32}"}} 1' in text
     assert 'reason="plugins[0]: bad \\"value\\"\\nsecond line"} 1' in text
     assert 'pycni_installer_watch_restarts_total{source="configmap",cause="gone"} 1' in text
+
+
+
+def _series(text: str) -> dict:
+    """metric family -> set of its sample label sets ("" = unlabelled)."""
+    out: dict = {}
+    for line in text.splitlines():
+        if not line.startswith("#"):
+            name, _, labelled = line.split(" ")[0].partition("{")
+            out.setdefault(name, set()).add(labelled)
+    return out
+
+
+def _populated_status() -> Status:
+    status = Status()
+    status.update(rejection=("plugin_config", "bad"), config_hash="ab" * 32, binary_checks={"pycni-bridge": 1})
+    for counter, label in (("syncs", "written"), ("rejections", "plugin_config"), ("binary_check_failures", "x"),
+                           ("watch_restarts", ("configmap", "gone"))):
+        status.count(counter, label)
+    return status
+
+
+def _populated_agent_status() -> Any:
+    from pycni.agent.health import AgentStatus
+
+    status = AgentStatus()
+    status.update(backend="vxlan", unreachable={"node3": "no InternalIP"})
+    for counter, label in (("syncs", "start"), ("sync_errors", "routes"), ("changes", ("route", "add")),
+                           ("watch_restarts", "gone")):
+        status.count(counter, label)
+    return status
+
+
+@pytest.mark.parametrize("populated", [_populated_status, _populated_agent_status], ids=["installer", "agent"])
+def test_labelled_metric_families_have_no_placeholder_series(populated: Callable[[], Any]) -> None:
+    """A family that is labelled once it has samples has no unlabelled `{"": 0}` series before: it would
+    vanish at the first real sample (Prometheus sees one series go stale and another appear). A real
+    label set at 0 (`syncs_total{result="written"} 0`) stays and is fine."""
+    full = populated()
+    fresh = _series(type(full)().metrics())
+    labelled = {name for name, label_sets in _series(full.metrics()).items() if label_sets != {""}}
+    assert labelled, "the populated status has labelled families"
+    placeholders = sorted(name for name in labelled if "" in fresh.get(name, ()))
+    assert not placeholders, f"labelled families with a series before their first sample: {placeholders}"
 
 
 # ---- the volume source -------------------------------------------------------------------------

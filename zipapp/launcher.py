@@ -46,14 +46,14 @@ def _cache_dirs(plugin, build_id):
     """(cache base, this build's unpacked payload dir for this interpreter)."""
     import posix
 
-    base = posix.environ.get(b"PYCNI_CACHE_DIR") or b"/var/cache/pycni"
-    base = base.decode(sys.getfilesystemencoding(), sys.getfilesystemencodeerrors())
+    raw = posix.environ.get(b"PYCNI_CACHE_DIR") or b"/var/cache/pycni"
+    base = raw.decode(sys.getfilesystemencoding(), sys.getfilesystemencodeerrors())
     name = "%s-%s-%s" % (plugin, build_id, sys.implementation.cache_tag)
     return base, base + name if base.endswith("/") else base + "/" + name
 
 
 def _main():
-    archive = __loader__.archive  # the zip file, whichever folder of it this module came from
+    archive = __loader__.archive  # type: ignore[name-defined]  # the zip file, whichever folder of it this module came from
     plugin, code_id, build_id = _identity(archive)
     if sys.version_info < MINIMUM:
         _refuse_old_python(plugin)

@@ -9,12 +9,15 @@ import hashlib
 import json
 import os
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from pycni.plugins.core.config import decode_json_object, network_name_problem
 from pycni.plugins.core.errors import INVALID_CONFIG, CNIError
-from pycni.plugins.core.invoke import Runner, decode_output, execute, find_plugin
+from pycni.plugins.core.invoke import decode_output, execute, find_plugin
 from pycni.plugins.core.versions import at_least, negotiate
+
+if TYPE_CHECKING:
+    from pycni.plugins.core.invoke import Runner
 
 DEFAULT_CACHE_DIR = "/var/lib/cni"
 

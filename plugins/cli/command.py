@@ -69,7 +69,7 @@ def run(argv: Optional[List[str]] = None) -> int:
         else:
             valid = [tuple(v.split(":", 1)) for v in opts.valid] if opts.valid is not None \
                 else runner.cached_attachments(net)
-            errors = runner.gc(net, valid)  # type: ignore[arg-type]
+            errors = runner.gc(net, valid)
             if errors:
                 raise errors[0]
     except CNIError as err:

@@ -1,8 +1,9 @@
 """The network configuration a plugin reads on stdin, decoded and checked."""
 from __future__ import annotations
 
-import json
 import re
+
+from pycni.plugins.core.jsonio import loads
 from pycni.plugins.core.record import FrozenRecord, Record
 
 from pycni.plugins.core.errors import DECODE_FAILURE, INVALID_CONFIG, CNIError
@@ -11,6 +12,7 @@ from pycni.plugins.core.versions import negotiate
 
 TYPE_CHECKING = False  # typing is not imported at run time: it costs every exec milliseconds
 if TYPE_CHECKING:
+    import builtins
     from typing import Any, Dict, List, Optional
 
 NETWORK_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
@@ -109,7 +111,7 @@ class NetConf(Record):
     ipam: Dict[str, Any]
     prev_result: Optional[Result]
 
-    def get(self, key: str, kind: type, default: Any = None) -> Any:
+    def get(self, key: str, kind: builtins.type, default: Any = None) -> Any:  # `type` is a field here
         """A plugin-specific key, type-checked (code 7 naming the key when wrong)."""
         return _typed(self.raw, key, kind, default)
 
@@ -119,8 +121,12 @@ class NetConf(Record):
 
     @property
     def valid_attachments(self) -> List[Attachment]:
-        """GC's `cni.dev/valid-attachments` (older libcni: `cni.dev/attachments`)."""
-        items = self.raw.get("cni.dev/valid-attachments", self.raw.get("cni.dev/attachments")) or []
+        """GC's `cni.dev/valid-attachments` (older libcni: `cni.dev/attachments`). Without it GC has no way to
+        tell live from stale: code 7, so nothing is deleted (an explicit [] means "none is live")."""
+        items = self.raw.get("cni.dev/valid-attachments", self.raw.get("cni.dev/attachments"))
+        if items is None:
+            raise CNIError(INVALID_CONFIG, "GC needs cni.dev/valid-attachments (the list of live attachments); "
+                                           "it is missing, so nothing is deleted")
         if not isinstance(items, list):
             raise CNIError(INVALID_CONFIG, "cni.dev/valid-attachments: expected a list")
         out = []
@@ -133,8 +139,8 @@ class NetConf(Record):
 
 def decode_json_object(stdin: bytes) -> Dict[str, Any]:
     try:
-        raw = json.loads(stdin)
-    except (ValueError, UnicodeDecodeError) as exc:
+        raw = loads(stdin)
+    except ValueError as exc:  # UnicodeDecodeError and TooDeep are ValueErrors
         raise CNIError(DECODE_FAILURE, f"failed to decode network config: {exc}") from None
     if not isinstance(raw, dict):
         raise CNIError(DECODE_FAILURE, f"network config must be a JSON object, got {type(raw).__name__}")

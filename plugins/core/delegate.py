@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 from pycni.plugins.core.env import Invocation
-from pycni.plugins.core.invoke import Runner, decode_output, execute, find_plugin
+from pycni.plugins.core.invoke import decode_output, execute, find_plugin
 from pycni.plugins.core.result import Result
 
 TYPE_CHECKING = False  # typing is not imported at run time: it costs every exec milliseconds
 if TYPE_CHECKING:
     from typing import Mapping, Optional
+    from pycni.plugins.core.invoke import Runner
 
 
 class IpamDelegate:

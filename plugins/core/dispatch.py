@@ -12,7 +12,10 @@ TYPE_CHECKING = False  # importing typing costs milliseconds on every exec of VE
 if TYPE_CHECKING:
     from typing import Callable, Mapping, Optional, Tuple
 
-PluginLoader = "Callable[[], object]"
+    from pycni.plugins.core.invoke import Runner
+    from pycni.plugins.core.plugin import Plugin
+
+    PluginLoader = Callable[[], Plugin]
 
 
 def _dump(obj: dict) -> bytes:
@@ -28,17 +31,40 @@ def _version_output() -> bytes:
 
 def _error_version(stdin: bytes) -> str:
     """The version to print an error at: the config's when it is readable and supported."""
-    import json
+    from pycni.plugins.core.jsonio import loads
 
     try:
-        version = json.loads(stdin).get("cniVersion")
+        version = loads(stdin).get("cniVersion")
     except Exception:
         return CURRENT_VERSION
     return version if version in SUPPORTED_VERSIONS else CURRENT_VERSION
 
 
+def run_request(plugin_name: str, environ: Mapping[str, str], stdin: bytes,
+                runner: Optional[Runner] = None) -> Tuple[bytes, int]:
+    """One request to the pycni binary `plugin_name` (core/registry.py).
+
+    The one path of every request: an exec (entry.main), the node server's
+    workers and an in-process IPAM delegate of the same build (samebuild.py).
+    """
+    from pycni.plugins.core.registry import load
+
+    return run(lambda: load(plugin_name), environ, stdin, runner)
+
+
+def warm_up() -> None:
+    """Import everything a request imports lazily, for every plugin of the table (node server)."""
+    import json  # noqa: F401
+
+    from pycni.plugins.core import config, delegate, env, log, plugin  # noqa: F401  (_run_verb's lazy imports)
+    from pycni.plugins.core.registry import PLUGIN_MODULES, load
+
+    for name in PLUGIN_MODULES:
+        load(name).warm_up()
+
+
 def run(load_plugin: PluginLoader, environ: Mapping[str, str], stdin: bytes,
-        runner: Optional[Callable] = None) -> Tuple[bytes, int]:
+        runner: Optional[Runner] = None) -> Tuple[bytes, int]:
     """Execute one CNI request. `runner` replaces exec for IPAM delegation (see invoke.Runner)."""
     log = None
     try:
@@ -58,12 +84,12 @@ def run(load_plugin: PluginLoader, environ: Mapping[str, str], stdin: bytes,
             log.error("internal_error", error=repr(exc), traceback=detail)
         except Exception:
             pass
-        err = CNIError(INTERNAL, f"internal error: {type(exc).__name__}: {exc}")
-        return _dump(err.to_dict(_error_version(stdin))), 1
+        internal = CNIError(INTERNAL, f"internal error: {type(exc).__name__}: {exc}")
+        return _dump(internal.to_dict(_error_version(stdin))), 1
 
 
 def _run_verb(load_plugin: PluginLoader, environ: Mapping[str, str], stdin: bytes,
-              runner: Optional[Callable]) -> Tuple[bytes, int]:
+              runner: Optional[Runner]) -> Tuple[bytes, int]:
     from pycni.plugins.core.config import parse_netconf
     from pycni.plugins.core.env import Invocation
     from pycni.plugins.core.log import EventLog
@@ -73,6 +99,8 @@ def _run_verb(load_plugin: PluginLoader, environ: Mapping[str, str], stdin: byte
     conf = parse_netconf(stdin)
     if inv.command in ("STATUS", "GC") and not at_least(conf.cni_version, "1.1.0"):
         raise CNIError(INCOMPATIBLE_VERSION, f"{inv.command} needs cniVersion 1.1.0, config has {conf.cni_version}")
+    if inv.command == "GC":
+        conf.valid_attachments  # noqa: B018 -- code 7 before any plugin deletes anything when it is missing
     if inv.command == "CHECK" and not at_least(conf.cni_version, "0.4.0"):
         raise CNIError(INCOMPATIBLE_VERSION, f"CHECK needs cniVersion 0.4.0 or newer, config has {conf.cni_version}")
     plugin = load_plugin()

@@ -15,14 +15,13 @@ def main(plugin_name: str, stdin: Optional[bytes] = None, code_id: str = "") -> 
     `code_id`: this zipapp's build stamp. An IPAM delegate stamped with the same one then
     runs in this process instead of a second interpreter (samebuild.py).
     """
-    from pycni.plugins.core.dispatch import run
-    from pycni.plugins.core.registry import load
+    from pycni.plugins.core.dispatch import run_request
     from pycni.plugins.core.samebuild import SameBuildRunner
 
     if stdin is None:
         stdin = b"" if sys.stdin is None or sys.stdin.isatty() else sys.stdin.buffer.read()
     runner = SameBuildRunner(code_id) if code_id else None
-    out, code = run(lambda: load(plugin_name), os.environ, stdin, runner)
+    out, code = run_request(plugin_name, os.environ, stdin, runner)
     sys.stdout.buffer.write(out)
     sys.stdout.flush()
     sys.exit(code)

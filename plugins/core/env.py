@@ -24,6 +24,10 @@ REQUIRED: Dict[str, Tuple[str, ...]] = {
 }
 
 _CONTAINER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+# The spec sets no length; runtimes use 64 hex digits. A bound keeps every store that records the ID
+# (host-local lease files, the DNS records, rule comments) within sane sizes; DEL accepts any length
+# so whatever another plugin recorded can still be released.
+CONTAINER_ID_MAX = 1024
 _BAD_IFNAME_CHARS = re.compile(r"[/:\s]")
 IFNAME_MAX = 15
 
@@ -64,6 +68,9 @@ class Invocation(FrozenRecord):
         if missing:
             raise CNIError(INVALID_ENVIRONMENT, "required env variables missing: " + ", ".join(missing))
         container_id = environ.get("CNI_CONTAINERID", "")
+        if container_id and command == "ADD" and len(container_id) > CONTAINER_ID_MAX:
+            raise CNIError(INVALID_ENVIRONMENT, f"CNI_CONTAINERID is {len(container_id)} characters long; "
+                                                f"at most {CONTAINER_ID_MAX} are accepted at ADD")
         if container_id and not _CONTAINER_ID.match(container_id):
             raise CNIError(INVALID_ENVIRONMENT, f"CNI_CONTAINERID {container_id!r} is not a valid container ID")
         ifname = environ.get("CNI_IFNAME", "")

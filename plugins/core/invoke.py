@@ -4,18 +4,18 @@ Used for IPAM delegation inside plugins and by the `pycni` command to run a chai
 """
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 
 from pycni.plugins.core.errors import DECODE_FAILURE, INTERNAL, INVALID_CONFIG, IO_FAILURE, CNIError
+from pycni.plugins.core.jsonio import loads
 
 TYPE_CHECKING = False  # typing is not imported at run time: it costs every exec milliseconds
 if TYPE_CHECKING:
-    from typing import Callable, Mapping, Optional, Sequence, Tuple  # noqa: F401 (Runner)
+    from typing import Callable, Mapping, Optional, Sequence, Tuple
 
-# (binary path, environment, stdin) -> (stdout, exit code)
-Runner = "Callable[[str, Mapping[str, str], bytes], Tuple[bytes, int]]"  # for annotations only
+    # (binary path, environment, stdin) -> (stdout, exit code); for annotations only
+    Runner = Callable[[str, Mapping[str, str], bytes], Tuple[bytes, int]]
 
 EXEC_TIMEOUT_SECONDS = 120.0
 
@@ -44,7 +44,7 @@ def run_binary(binary: str, environ: Mapping[str, str], stdin: bytes) -> Tuple[b
 def error_from_output(binary: str, stdout: bytes, code: int) -> CNIError:
     """The plugin's own error object when it printed one, else a description of the failure."""
     try:
-        obj = json.loads(stdout)
+        obj = loads(stdout)
         if isinstance(obj, dict) and isinstance(obj.get("code"), int):
             return CNIError(obj["code"], str(obj.get("msg", "")), str(obj.get("details", "") or ""))
     except ValueError:
@@ -63,7 +63,7 @@ def execute(binary: str, environ: Mapping[str, str], stdin: bytes, runner: Optio
 
 def decode_output(binary: str, stdout: bytes) -> dict:
     try:
-        obj = json.loads(stdout)
+        obj = loads(stdout)
     except ValueError:
         raise CNIError(DECODE_FAILURE, f"plugin {os.path.basename(binary)} printed invalid JSON") from None
     if not isinstance(obj, dict):

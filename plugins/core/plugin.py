@@ -34,6 +34,9 @@ class Plugin:
     # CNI_ARGS keys this plugin (or its IPAM delegate) understands, beyond the Kubernetes ones.
     known_args: FrozenSet[str] = frozenset()
 
+    def warm_up(self) -> None:
+        """Import what the verbs import lazily: the node server calls it once, before forking workers."""
+
     def load_config(self, conf: NetConf) -> Any:
         """Decode and check the plugin's own keys; raise CNIError(7) naming a bad key."""
         return conf

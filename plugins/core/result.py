@@ -9,11 +9,12 @@ from pycni.plugins.core.versions import CURRENT_VERSION, at_least, require_suppo
 
 TYPE_CHECKING = False  # typing is not imported at run time: it costs every exec milliseconds
 if TYPE_CHECKING:
-    from typing import Any, Dict, List, Optional, Union  # noqa: F401 (aliases)
+    from typing import Any, Dict, List, Optional, Union
 
-IPInterface = "Union[ipaddress.IPv4Interface, ipaddress.IPv6Interface]"  # for annotations only
-IPAddress = "Union[ipaddress.IPv4Address, ipaddress.IPv6Address]"
-IPNetwork = "Union[ipaddress.IPv4Network, ipaddress.IPv6Network]"
+    # For annotations only: import them under TYPE_CHECKING too.
+    IPInterface = Union[ipaddress.IPv4Interface, ipaddress.IPv6Interface]
+    IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
+    IPNetwork = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
 
 
 def _bad(what: str, value: Any) -> CNIError:

@@ -11,7 +11,7 @@ import os
 
 TYPE_CHECKING = False  # typing is not imported at run time: it costs every exec milliseconds
 if TYPE_CHECKING:
-    from typing import Callable, Dict, Mapping, Optional, Tuple
+    from typing import Dict, Mapping, Optional, Tuple
 
 STAMP_PREFIX = b"# pycni-build: "
 STAMP_SCAN_BYTES = 256
@@ -45,6 +45,8 @@ class SameBuildRunner:
             from pycni.plugins.core.invoke import run_binary  # subprocess: only when there is an exec to do
 
             return run_binary(binary, environ, stdin)
+        from pycni.plugins.core.dispatch import run_request
+
         return run_request(plugin, environ, stdin, self)
 
 
@@ -66,11 +68,3 @@ def stamped_plugin(binary: str, code_id: str) -> Optional[str]:
     if len(fields) == 2 and fields[1] == code_id:
         return fields[0]
     return None
-
-
-def run_request(plugin: str, environ: Mapping[str, str], stdin: bytes,
-                runner: Optional[Callable] = None) -> Tuple[bytes, int]:
-    from pycni.plugins.core.dispatch import run
-    from pycni.plugins.core.registry import load
-
-    return run(lambda: load(plugin), environ, stdin, runner)

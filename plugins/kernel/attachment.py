@@ -2,6 +2,8 @@
 host-side state (the host veth, masquerade chains) from the container ID alone."""
 from __future__ import annotations
 
+from pycni.plugins.core.record import FrozenRecord
+
 try:  # the bare SHA-256 module: `hashlib` loads OpenSSL, ~5-20 ms on every plugin exec
     from _sha256 import sha256  # CPython <= 3.11
 except ImportError:
@@ -15,13 +17,11 @@ def _digest(*parts: str) -> str:
     return sha256("\0".join(parts).encode()).hexdigest()
 
 
-class Tag:
+class Tag(FrozenRecord):
     __slots__ = ("network", "container_id", "ifname")
-
-    def __init__(self, network: str, container_id: str, ifname: str) -> None:
-        self.network = network
-        self.container_id = container_id
-        self.ifname = ifname
+    network: str
+    container_id: str
+    ifname: str
 
     @property
     def net(self) -> str:

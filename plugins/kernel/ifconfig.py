@@ -16,10 +16,15 @@ if TYPE_CHECKING:
     from typing import List, Optional, Tuple
 
 
-def container_interface(prev: Optional[Result], ifname: str) -> Tuple[int, Interface]:
-    """CHECK's starting point: the position and entry of the container interface in prevResult."""
+def _required(prev: Optional[Result]) -> Result:
     if prev is None:
         raise CNIError(INVALID_CONFIG, "CHECK needs a prevResult")
+    return prev
+
+
+def container_interface(prev: Optional[Result], ifname: str) -> Tuple[int, Interface]:
+    """CHECK's starting point: the position and entry of the container interface in prevResult."""
+    prev = _required(prev)
     position = next((i for i, itf in enumerate(prev.interfaces) if itf.name == ifname and itf.sandbox), None)
     if position is None:
         raise CNIError(INTERNAL, f"prevResult has no interface {ifname!r} in a sandbox")
@@ -70,8 +75,9 @@ def configure(sock: nl.RtSocket, result: Result, index: int, if_position: int, n
         raise CNIError(INTERNAL, f"failed to configure interface: {exc.strerror}") from None
 
 
-def check(sock: nl.RtSocket, result: Result, index: int, ifname: str, if_position: int) -> None:
+def check(sock: nl.RtSocket, result: Optional[Result], index: int, ifname: str, if_position: int) -> None:
     """Every address of the result on the interface, every route present (CHECK); raise naming what's missing."""
+    result = _required(result)
     ips = _ips_for(result, if_position)
     have = {(a.address, a.prefixlen) for a in sock.addresses(index=index)}
     for ip in ips:
@@ -86,6 +92,6 @@ def check(sock: nl.RtSocket, result: Result, index: int, ifname: str, if_positio
             present.add((str(ipaddress.ip_network(entry.dst, strict=False)), entry.gateway))
     for route in result.routes:
         gw = route_gateway(route, ips) or ""
-        key = (str(route.dst), str(ipaddress.ip_address(gw)) if gw else "")
-        if key not in present:
+        wanted = (str(route.dst), str(ipaddress.ip_address(gw)) if gw else "")
+        if wanted not in present:
             raise CNIError(INTERNAL, f"route {route.dst}" + (f" via {gw}" if gw else "") + f" is missing on {ifname}")

@@ -19,11 +19,11 @@ import subprocess
 
 from pycni.plugins.kernel.attachment import Tag
 from pycni.plugins.core.errors import INTERNAL, INVALID_CONFIG, CNIError
-from pycni.plugins.core.result import IPInterface
 
 TYPE_CHECKING = False  # typing is not imported at run time: it costs every exec milliseconds
 if TYPE_CHECKING:
     from typing import Callable, Iterable, List, Optional, Sequence, Set, Tuple
+    from pycni.plugins.core.result import IPInterface
 
 TABLE = "pycni"
 _TAG_RE = re.compile(r"pycni:([0-9a-f]{8}):([0-9a-f]{16})")
@@ -55,9 +55,10 @@ class NftTagged:
     family = "inet"
 
     def __init__(self) -> None:
-        self.nft = find_tool("nft")
-        if self.nft is None:
+        nft = find_tool("nft")
+        if nft is None:
             raise CNIError(INVALID_CONFIG, f"{self.key}: needs nftables but no `nft` command was found")
+        self.nft = nft
 
     key = "ipMasqBackend"
 

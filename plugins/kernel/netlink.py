@@ -13,9 +13,14 @@ import socket
 import struct
 from contextlib import contextmanager
 
+from pycni.plugins.core.record import Record
+
 TYPE_CHECKING = False  # typing is not imported at run time: it costs every exec milliseconds
 if TYPE_CHECKING:
-    from typing import Dict, Iterator, List, Optional, Sequence, Tuple  # noqa: F401 (Request)
+    from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+
+    # (message type, extra flags, payload, what it does, for errors); for annotations only
+    Request = Tuple[int, int, bytes, str]
 
 # netlink header and flags
 NLMSG_ERROR, NLMSG_DONE = 2, 3
@@ -128,23 +133,19 @@ def _u32(data: Optional[bytes]) -> int:
     return struct.unpack("=I", data[:4])[0] if data else 0
 
 
-class _Record:
-    """A plain record (dataclasses cost milliseconds to create at import, on every exec)."""
-
-    __slots__: Tuple[str, ...] = ()
-
-    def __init__(self, *values: object) -> None:
-        for name, value in zip(self.__slots__, values):
-            setattr(self, name, value)
-
-    def __repr__(self) -> str:
-        inner = ", ".join(f"{n}={getattr(self, n)!r}" for n in self.__slots__)
-        return f"{type(self).__name__}({inner})"
-
-
-class Link(_Record):
+class Link(Record):
     # parent is IFLA_LINK: the peer of a veth, the lower device of a macvlan
     __slots__ = ("index", "name", "flags", "mtu", "mac", "master", "kind", "alias", "parent", "info_data")
+    index: int
+    name: str
+    flags: int
+    mtu: int
+    mac: str
+    master: int
+    kind: str
+    alias: str
+    parent: int
+    info_data: Dict[int, bytes]
 
     @property
     def up(self) -> bool:
@@ -164,8 +165,13 @@ class Link(_Record):
         )
 
 
-class Addr(_Record):
+class Addr(Record):
     __slots__ = ("family", "prefixlen", "index", "scope", "address")
+    family: int
+    prefixlen: int
+    index: int
+    scope: int
+    address: str
 
     @classmethod
     def decode(cls, payload: bytes) -> "Addr":
@@ -175,8 +181,13 @@ class Addr(_Record):
         return cls(family, prefixlen, index, scope, socket.inet_ntop(family, raw) if raw else "")
 
 
-class RouteEntry(_Record):
-    __slots__ = ("family", "dst", "gateway", "oif", "table")  # dst is "address/prefixlen"
+class RouteEntry(Record):
+    __slots__ = ("family", "dst", "gateway", "oif", "table")
+    family: int
+    dst: str  # "address/prefixlen"
+    gateway: str
+    oif: int
+    table: int
 
     @classmethod
     def decode(cls, payload: bytes) -> "RouteEntry":
@@ -192,9 +203,6 @@ class RouteEntry(_Record):
 
 
 # ---------------------------------------------------------------- the socket
-
-Request = "Tuple[int, int, bytes, str]"  # (message type, extra flags, payload, what it does, for errors)
-
 
 class RtSocket:
     """An rtnetlink socket bound in the network namespace that was current when it was made."""
@@ -482,8 +490,11 @@ class Netns:
     """An open network namespace (by path): enter it briefly, or open sockets bound inside it."""
 
     def __init__(self, path: str) -> None:
+        from pycni.plugins.kernel.nsfs import open_netns_fd
+
         self.path = path
-        self.fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        self.fd = -1
+        self.fd = open_netns_fd(path)  # never blocks; NotANetns for anything but a network namespace
 
     def close(self) -> None:
         if self.fd >= 0:
@@ -518,12 +529,13 @@ class Netns:
 
 
 def open_netns(path: str) -> Optional[Netns]:
-    """The namespace at `path`, or None when the path is empty or gone."""
+    """The namespace at `path`, or None when the path is empty, gone, unreadable or not a network namespace
+    (for DEL, which must succeed: the host side is then cleaned by other means)."""
     if not path:
         return None
     try:
         return Netns(path)
-    except FileNotFoundError:
+    except OSError:  # FileNotFoundError, nsfs.NotANetns, ENAMETOOLONG, ELOOP, EACCES ...
         return None
 
 

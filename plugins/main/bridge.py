@@ -18,8 +18,10 @@ import os
 from pycni.plugins.kernel.attachment import Tag, parse_prefix
 from pycni.plugins.core.config import NetConf
 from pycni.plugins.core.errors import INTERNAL, INVALID_CONFIG, NOT_AVAILABLE, CNIError
-from pycni.plugins.main.linkconf import KeywordRecord, bool_key, ifname_key, int_key, mac_value, mtu_key, netlink_failure
+from pycni.plugins.main.attach import LiveAttachment, Rollback, container_netns, refuse_live_attachment
+from pycni.plugins.main.linkconf import bool_key, ifname_key, int_key, mac_value, mtu_key, netlink_failure
 from pycni.plugins.core.plugin import Context, Plugin
+from pycni.plugins.core.record import Record
 from pycni.plugins.core.result import Interface, IPConfig, Result, Route
 
 TYPE_CHECKING = False  # typing is not imported at run time: it costs every exec milliseconds
@@ -27,26 +29,36 @@ if TYPE_CHECKING:
     from typing import List, Optional, Tuple
 
 HOST_VETH_PREFIX = "veth"
+# The ifalias of every bridge pycni-bridge creates: only such a bridge (with no ports left) gives
+# up its gateway address to another one, and only such a bridge is removed by a node uninstall.
+BRIDGE_ALIAS = "pycni-bridge"
 ALIAS_LIMIT = 250
 
 
-class BridgeConfig(KeywordRecord):
-    bridge: str = "cni0"
-    is_gateway: bool = False
-    is_default_gateway: bool = False
-    force_address: bool = False
-    ip_masq: bool = False
-    ip_masq_backend: str = "nftables"
-    mtu: int = 0
-    hairpin: bool = False
-    promisc: bool = False
-    vlan: int = 0
-    vlan_trunk: List[Tuple[int, int]] = ()  # type: ignore[assignment]
-    preserve_default_vlan: bool = True
-    enable_dad: bool = False
-    macspoofchk: bool = False
-    disable_container_interface: bool = False
-    port_isolation: bool = False
+class BridgeConfig(Record):
+    __slots__ = ("bridge", "is_gateway", "is_default_gateway", "force_address", "ip_masq", "ip_masq_backend",
+                 "mtu", "hairpin", "promisc", "vlan", "vlan_trunk", "preserve_default_vlan", "enable_dad",
+                 "macspoofchk", "disable_container_interface", "port_isolation")
+    _defaults = {"bridge": "cni0", "is_gateway": False, "is_default_gateway": False, "force_address": False,
+                 "ip_masq": False, "ip_masq_backend": "nftables", "mtu": 0, "hairpin": False, "promisc": False,
+                 "vlan": 0, "vlan_trunk": list, "preserve_default_vlan": True, "enable_dad": False,
+                 "macspoofchk": False, "disable_container_interface": False, "port_isolation": False}
+    bridge: str
+    is_gateway: bool
+    is_default_gateway: bool
+    force_address: bool
+    ip_masq: bool
+    ip_masq_backend: str
+    mtu: int
+    hairpin: bool
+    promisc: bool
+    vlan: int
+    vlan_trunk: List[Tuple[int, int]]
+    preserve_default_vlan: bool
+    enable_dad: bool
+    macspoofchk: bool
+    disable_container_interface: bool
+    port_isolation: bool
 
     @property
     def vlan_filtering(self) -> bool:
@@ -63,7 +75,7 @@ def parse_vlan_trunk(value) -> List[Tuple[int, int]]:
     for item in value:
         if not isinstance(item, dict):
             raise CNIError(INVALID_CONFIG, f"vlanTrunk: invalid entry {item!r}")
-        ids = {k: item.get(k) for k in ("id", "minID", "maxID") if item.get(k) is not None}
+        ids = {k: item[k] for k in ("id", "minID", "maxID") if item.get(k) is not None}
         for key, vid in ids.items():
             if isinstance(vid, bool) or not isinstance(vid, int) or not 1 <= vid <= 4094:
                 raise CNIError(INVALID_CONFIG, f"vlanTrunk: invalid VLAN ID {vid!r} in {key} (must be 1..4094)")
@@ -165,24 +177,29 @@ class Bridge(Plugin):
         cfg: BridgeConfig = ctx.config
         mac = requested_mac(ctx)
         tag = Tag(ctx.conf.name, ctx.inv.container_id, ctx.inv.ifname)
+        netns = container_netns(ctx.inv.netns)
+        undo = Rollback(ctx.log)
         host = nl.RtSocket()
-        netns = self._open_netns(ctx.inv.netns)
-        br = self._ensure_bridge(host, cfg)
-        result = ctx.ipam.add() if ctx.ipam else Result()
-        if ctx.ipam and not result.ips:
-            self._undo(ctx, host, tag, "", cfg)
-            raise CNIError(INTERNAL, "IPAM plugin returned missing IP config")
-        host_name = ""
         try:
+            refuse_live_attachment(netns, ctx.inv.ifname)
+            br = self._ensure_bridge(host, cfg)
+            result = ctx.ipam.add() if ctx.ipam else Result()
+            if ctx.ipam:
+                undo.created("ipam", ctx.ipam.delete)
+                if not result.ips:
+                    raise CNIError(INTERNAL, "IPAM plugin returned missing IP config")
             gateways = calc_gateways(result, cfg)
             host_name, host_mac, cont = self._make_veth(host, netns, br, cfg, mac, tag, ctx.inv.ifname)
+            undo.created("veth", lambda: host.delete_link(name=host_name), host_name)
             # Read the bridge again: a bridge whose last port left has MAC 00:00:00:00:00:00 until a port
             # joins, so its MAC from before attaching can be unusable (reference: "could not set bridge's mac").
             br = host.link(index=br.index) or br
             self._setup_container(netns, cont.index, result, cfg, ctx.inv.ifname)
             if gateways:
-                br = self._ensure_gateways(host, br, gateways, cfg)
+                br = self._ensure_gateways(host, br, gateways, cfg, ctx.log)
                 self._enable_forwarding(gateways)
+            if cfg.ip_masq or cfg.macspoofchk:  # the rules are named by the tag: no live attachment has them
+                undo.created("host rules", lambda: self._rules_teardown(cfg, tag))
             if cfg.ip_masq and result.ips:
                 from pycni.plugins.kernel.masquerade import backend
 
@@ -191,26 +208,21 @@ class Bridge(Plugin):
                 from pycni.plugins.kernel.macspoofchk import MacSpoofCheck
 
                 MacSpoofCheck().setup(tag, host_name, cont.mac)
-        except BaseException:
-            self._undo(ctx, host, tag, host_name, cfg)
+        except BaseException as exc:
+            if undo.steps and (isinstance(exc, LiveAttachment) or self._live_elsewhere(host, tag, undo)):
+                undo.disown("ipam")  # the lease IPAM answered with is the live attachment's
+                undo.disown("host rules")
+            undo.run()
             raise
         finally:
             netns.close()
+            host.close()
         result.interfaces = [
             Interface(name=br.name, mac=br.mac),
             Interface(name=host_name, mac=host_mac),
             Interface(name=ctx.inv.ifname, mac=cont.mac, sandbox=ctx.inv.netns),
         ]
         return result
-
-    @staticmethod
-    def _open_netns(path: str):
-        from pycni.plugins.kernel import netlink as nl
-
-        try:
-            return nl.Netns(path)
-        except OSError as exc:
-            raise CNIError(INTERNAL, f"failed to open netns {path!r}: {exc.strerror}") from None
 
     def _ensure_bridge(self, host, cfg: BridgeConfig):
         """The bridge link, created (up, MAC pinned, accept_ra off) when missing; code 7 if the name is taken."""
@@ -222,7 +234,10 @@ class Bridge(Plugin):
             attrs = nl.link_attrs(name=cfg.bridge, mtu=cfg.mtu, mac=nl.random_mac()) + nl.linkinfo("bridge", data)
             flags = nl.IFF_UP | (nl.IFF_PROMISC if cfg.promisc else 0)
             try:
-                host.batch([nl.create_request(f"create bridge {cfg.bridge}", attrs, flags)], tolerate=(errno.EEXIST,))
+                host.batch([nl.create_request(f"create bridge {cfg.bridge}", attrs, flags),
+                            nl.change_request(f"mark bridge {cfg.bridge}", 0,
+                                              nl.link_attrs(name=cfg.bridge, alias=BRIDGE_ALIAS))],
+                           tolerate=(errno.EEXIST,))
             except nl.NetlinkError as exc:
                 raise netlink_failure(f"failed to create bridge {cfg.bridge}", exc) from None
             nl.write_sysctl(f"net/ipv6/conf/{cfg.bridge}/accept_ra", "0")
@@ -265,7 +280,7 @@ class Bridge(Plugin):
             except nl.NetlinkError as exc:
                 if exc.errno == errno.EEXIST:
                     if self._has_link(netns, ifname):
-                        raise CNIError(INTERNAL, f"container interface {ifname!r} already exists") from None
+                        raise LiveAttachment(ifname, netns.path) from None
                     continue
                 host.delete_link(name=host_name)
                 raise netlink_failure("failed to create veth pair", exc) from None
@@ -292,6 +307,16 @@ class Bridge(Plugin):
         return host_name, host_mac, cont
 
     @staticmethod
+    def _live_elsewhere(host, tag: Tag, undo: Rollback) -> bool:
+        """On the failure path only (a link dump costs): is this attachment live in another netns, i.e. does a
+        host veth carry its tag that this call did not create? (A runtime that reuses a container ID.)"""
+        ours = undo.names("veth")
+        try:
+            return any(link.alias.split(" ", 1)[0] == tag.prefix and link.name not in ours for link in host.links())
+        except OSError:
+            return True  # cannot tell: keep the lease rather than free a live one (DEL still releases it)
+
+    @staticmethod
     def _has_link(netns, ifname: str) -> bool:
         sock = netns.socket()
         try:
@@ -314,7 +339,37 @@ class Bridge(Plugin):
         finally:
             sock.close()
 
-    def _ensure_gateways(self, host, br, gateways: List[IPConfig], cfg: BridgeConfig):
+    @staticmethod
+    def _take_gateway(host, br, want, log) -> list:
+        """Requests moving `want` (a gateway to add to `br`) off any other link that holds it (same
+        address, or another address of the same subnet: its route would win over ours). Allowed only
+        from a bridge we made (BRIDGE_ALIAS) with no ports left: a bridge renamed in the config leaves
+        one behind. Anything else fails the ADD, naming the link."""
+        from pycni.plugins.kernel import netlink as nl
+
+        requests = []
+        links = None
+        for addr in host.addresses(family=2 if want.version == 4 else 10):
+            if addr.index == br.index or addr.scope != nl.RT_SCOPE_UNIVERSE or not addr.address:
+                continue
+            cur = ipaddress.ip_interface(f"{addr.address}/{addr.prefixlen}")
+            if cur.ip != want.ip and cur.network != want.network:
+                continue
+            links = links if links is not None else host.links()
+            other = next((link for link in links if link.index == addr.index), None)
+            name = other.name if other is not None else f"index {addr.index}"
+            ports = [link.name for link in links if link.master == addr.index]
+            if other is None or other.kind != "bridge" or other.alias != BRIDGE_ALIAS or ports:
+                why = (f"it still has ports ({', '.join(sorted(ports)[:5])})" if ports and other is not None
+                       and other.alias == BRIDGE_ALIAS else "it was not created by pycni-bridge")
+                raise CNIError(INTERNAL, f"gateway {want} for bridge {br.name!r}: link {name!r} already has "
+                                         f"{cur}, and its route would take the pods' traffic; {why}, so it is "
+                                         f"left alone: remove {cur} from {name}, or configure bridge {name!r}")
+            log.event("gateway_taken_over", address=str(cur), from_link=name, bridge=br.name)
+            requests.append(nl.addr_request(nl.RTM_DELADDR, addr.index, str(cur.ip), cur.network.prefixlen))
+        return requests
+
+    def _ensure_gateways(self, host, br, gateways: List[IPConfig], cfg: BridgeConfig, log):
         """Each gateway address on the bridge (as the reference's ensureAddr), then pin the bridge MAC."""
         from pycni.plugins.kernel import netlink as nl
 
@@ -323,6 +378,7 @@ class Bridge(Plugin):
         for gw in gateways:
             want = gw.address
             present = False
+            others = []
             for addr in have:
                 cur = ipaddress.ip_interface(f"{addr.address}/{addr.prefixlen}")
                 if cur.version != want.version:
@@ -336,7 +392,13 @@ class Bridge(Plugin):
                     if not cfg.force_address:
                         raise CNIError(INTERNAL, f"{br.name!r} already has an IP address different from {want}")
                     requests.append(nl.addr_request(nl.RTM_DELADDR, br.index, str(cur.ip), cur.network.prefixlen))
+                else:
+                    others.append(str(cur))
             if not present:
+                if others:
+                    log.event("bridge_other_subnet", bridge=br.name, adding=str(want), existing=others,
+                              note="joining a bridge that already carries another subnet")
+                requests.extend(self._take_gateway(host, br, want, log))
                 requests.append(nl.addr_request(nl.RTM_NEWADDR, br.index, str(want.ip), want.network.prefixlen,
                                                 nodad=not cfg.enable_dad and want.version == 6))
         if requests:
@@ -358,21 +420,6 @@ class Bridge(Plugin):
                 nl.write_sysctl("net/ipv4/ip_forward", "1")
             else:
                 nl.write_sysctl("net/ipv6/conf/all/forwarding", "1")
-
-    def _undo(self, ctx: Context, host, tag: Tag, host_name: str, cfg: BridgeConfig) -> None:
-        """Best effort rollback of an ADD: veth, masquerade, IPAM reservation (errors logged, not raised)."""
-        steps = []
-        if host_name:
-            steps.append(("veth", lambda: host.delete_link(name=host_name)))
-        if cfg.ip_masq or cfg.macspoofchk:
-            steps.append(("host rules", lambda: self._rules_teardown(cfg, tag)))
-        if ctx.ipam:
-            steps.append(("ipam", ctx.ipam.delete))
-        for what, step in steps:
-            try:
-                step()
-            except Exception as exc:  # keep undoing; report the original failure
-                ctx.log.error("rollback_failed", step=what, error=str(exc))
 
     @staticmethod
     def _rules_teardown(cfg: BridgeConfig, tag: Tag) -> None:
@@ -432,7 +479,7 @@ class Bridge(Plugin):
         prev = ctx.conf.prev_result
         ifname = ctx.inv.ifname
         position, expected = ifconfig.container_interface(prev, ifname)
-        with self._open_netns(ctx.inv.netns) as netns:
+        with container_netns(ctx.inv.netns) as netns:
             sock = netns.socket()
             try:
                 cont = sock.link(ifname)

@@ -15,19 +15,6 @@ _MAC = re.compile(r"^[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}$")
 MTU_MIN, MTU_MAX = 68, 65535
 
 
-class KeywordRecord:
-    """A config record: class attributes are the defaults, keywords override them.
-
-    (Not a dataclass: creating one costs about a millisecond at import, on every exec.)
-    """
-
-    def __init__(self, **values: Any) -> None:
-        for key, value in values.items():
-            if not hasattr(type(self), key):
-                raise TypeError(f"{type(self).__name__} has no field {key!r}")
-            setattr(self, key, value)
-
-
 def bool_key(conf: NetConf, key: str, default: bool = False) -> bool:
     """A boolean key; "true"/"false" strings are accepted too (the reference's docs show them)."""
     value = conf.raw.get(key, default)

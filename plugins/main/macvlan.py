@@ -12,8 +12,10 @@ import errno
 
 from pycni.plugins.core.config import NetConf
 from pycni.plugins.core.errors import INTERNAL, INVALID_CONFIG, NOT_AVAILABLE, CNIError
-from pycni.plugins.main.linkconf import KeywordRecord, bool_key, ifname_key, int_key, mac_value, mtu_key, netlink_failure
+from pycni.plugins.main.attach import LiveAttachment, Rollback, container_netns, refuse_live_attachment
+from pycni.plugins.main.linkconf import bool_key, ifname_key, int_key, mac_value, mtu_key, netlink_failure
 from pycni.plugins.core.plugin import Context, Plugin
+from pycni.plugins.core.record import Record
 from pycni.plugins.core.result import Interface, Result
 
 TYPE_CHECKING = False  # typing is not imported at run time: it costs every exec milliseconds
@@ -23,13 +25,15 @@ if TYPE_CHECKING:
 MODES = ("bridge", "private", "vepa", "passthru")
 
 
-class MacvlanConfig(KeywordRecord):
-    master: str = ""
-    mode: str = "bridge"
-    mtu: int = 0
-    mac: Optional[str] = None
-    bcqueuelen: Optional[int] = None
-    link_in_container: bool = False
+class MacvlanConfig(Record):
+    __slots__ = ("master", "mode", "mtu", "mac", "bcqueuelen", "link_in_container")
+    _defaults = {"master": "", "mode": "bridge", "mtu": 0, "mac": None, "bcqueuelen": None, "link_in_container": False}
+    master: str
+    mode: str
+    mtu: int
+    mac: Optional[str]
+    bcqueuelen: Optional[int]
+    link_in_container: bool
 
 
 def load_macvlan_config(conf: NetConf) -> MacvlanConfig:
@@ -96,20 +100,22 @@ class Macvlan(Plugin):
         cfg: MacvlanConfig = ctx.config
         ifname = ctx.inv.ifname
         mac = self._mac(ctx)
+        netns = container_netns(ctx.inv.netns)
+        undo = Rollback(ctx.log)
+        cont = where = None
         try:
-            netns = nl.Netns(ctx.inv.netns)
-        except OSError as exc:
-            raise CNIError(INTERNAL, f"failed to open netns {ctx.inv.netns!r}: {exc.strerror}") from None
-        cont = netns.socket()
-        where = cont if cfg.link_in_container else nl.RtSocket()
-        master = self._master(where, cfg)
-        if cfg.mtu and cfg.mtu > master.mtu:
-            raise CNIError(INVALID_CONFIG, f"mtu: {cfg.mtu} is above the MTU {master.mtu} of master {master.name}")
-        result = ctx.ipam.add() if ctx.ipam else Result()
-        created = False
-        try:
-            if ctx.ipam and not result.ips:
-                raise CNIError(INTERNAL, "IPAM plugin returned missing IP config")
+            refuse_live_attachment(netns, ifname)
+            cont = netns.socket()
+            where = cont if cfg.link_in_container else nl.RtSocket()
+            master = self._master(where, cfg)
+            if cfg.mtu and cfg.mtu > master.mtu:
+                raise CNIError(INVALID_CONFIG, f"mtu: {cfg.mtu} is above the MTU {master.mtu} of master "
+                                               f"{master.name}")
+            result = ctx.ipam.add() if ctx.ipam else Result()
+            if ctx.ipam:
+                undo.created("ipam", ctx.ipam.delete)
+                if not result.ips:
+                    raise CNIError(INTERNAL, "IPAM plugin returned missing IP config")
             data = nl.nla_u32(nl.IFLA_MACVLAN_MODE, nl.MACVLAN_MODES[cfg.mode])
             if cfg.bcqueuelen is not None:
                 data += nl.nla_u32(nl.IFLA_MACVLAN_BC_QUEUE_LEN, cfg.bcqueuelen)
@@ -119,9 +125,9 @@ class Macvlan(Plugin):
                 where.batch([nl.create_request(f"create macvlan {ifname}", attrs + nl.linkinfo("macvlan", data))])
             except nl.NetlinkError as exc:
                 if exc.errno == errno.EEXIST:
-                    raise CNIError(INTERNAL, f"container interface {ifname!r} already exists") from None
+                    raise LiveAttachment(ifname, ctx.inv.netns) from None
                 raise netlink_failure(f"failed to create macvlan on {master.name}", exc) from None
-            created = True
+            undo.created("link", lambda: cont.delete_link(name=ifname))
             link = cont.link(ifname)
             if link is None:
                 raise CNIError(INTERNAL, f"macvlan {ifname!r} missing right after creating it")
@@ -131,20 +137,17 @@ class Macvlan(Plugin):
             for ip in result.ips:
                 ip.interface = 0
             ifconfig.configure(cont, result, link.index, 0, nodad=False)
-        except BaseException:
-            if created:
-                try:
-                    cont.delete_link(name=ifname)
-                except OSError as exc:
-                    ctx.log.error("rollback_failed", step="link", error=str(exc))
-            if ctx.ipam:
-                try:
-                    ctx.ipam.delete()
-                except Exception as exc:
-                    ctx.log.error("rollback_failed", step="ipam", error=str(exc))
+        except BaseException as exc:
+            if isinstance(exc, LiveAttachment):  # appeared after our check: the lease may be the live one's
+                undo.disown("ipam")
+            undo.run()
             raise
         finally:
             netns.close()
+            if where is not None and where is not cont:
+                where.close()
+            if cont is not None:
+                cont.close()
         result.interfaces = [Interface(name=ifname, mac=link.mac, sandbox=ctx.inv.netns)]
         return result
 
@@ -178,10 +181,7 @@ class Macvlan(Plugin):
         prev = ctx.conf.prev_result
         ifname = ctx.inv.ifname
         position, expected = ifconfig.container_interface(prev, ifname)
-        try:
-            netns = nl.Netns(ctx.inv.netns)
-        except OSError as exc:
-            raise CNIError(INTERNAL, f"failed to open netns {ctx.inv.netns!r}: {exc.strerror}") from None
+        netns = container_netns(ctx.inv.netns)
         with netns, netns.socket() as sock:
             link = sock.link(ifname)
             if link is None or link.kind != "macvlan":

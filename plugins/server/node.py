@@ -21,10 +21,11 @@ import socket
 import struct
 import sys
 from contextlib import suppress
-from typing import Dict, Optional
+from typing import Callable, Dict, Optional
 
 from pycni.plugins.server import wire
 from pycni.plugins.core.buildinfo import own_code_id
+from pycni.plugins.core.dispatch import warm_up
 from pycni.plugins.server.memory import SharedCounters, madvise_function, own_private_pages
 from pycni.plugins.server.request import HEALTH_PLUGIN, serve_connection
 
@@ -44,18 +45,6 @@ def check_sysctl_root() -> None:
                          "mount the host's /proc/sys/net there")
 
 
-def warm_up() -> None:
-    """Import every plugin and what its verbs import lazily, so forked workers start warm."""
-    import json  # noqa: F401
-
-    from pycni.plugins.core import config, delegate, dispatch, env, log, plugin, registry  # noqa: F401
-
-    for name in registry.PLUGIN_MODULES:
-        warm = getattr(registry.load(name), "warm_up", None)
-        if callable(warm):
-            warm()
-
-
 class Server:
     """The parent: keeps `idle_workers` forked workers waiting, reaps them, drains on SIGTERM.
 
@@ -73,7 +62,7 @@ class Server:
         self.counters = SharedCounters()
         self.stopping = False
         self.socket_inode = 0
-        self.madvise = None
+        self.madvise: Optional[Callable[[int, int, int], int]] = None
         # A worker writes its pid to `taken` when it accepted a connection; idle workers
         # exit when `stop` reads end-of-file (the server closed it, or died).
         self.taken_r, self.taken_w = os.pipe()
@@ -99,7 +88,7 @@ class Server:
 
     def serve_forever(self) -> None:
         check_sysctl_root()
-        warm_up()
+        warm_up()  # every plugin of the table and what its verbs import lazily: forked workers start warm
         self.madvise = madvise_function()
         listener = self.listen()
         listener.setblocking(False)  # shared with the workers: accept never blocks anyone

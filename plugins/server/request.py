@@ -11,7 +11,8 @@ import socket
 import struct
 
 from pycni.plugins.server import wire
-from pycni.plugins.core.samebuild import SameBuildRunner, run_request
+from pycni.plugins.core.dispatch import run_request
+from pycni.plugins.core.samebuild import SameBuildRunner
 from pycni.plugins.server.memory import SharedCounters
 
 HEALTH_PLUGIN = "pycni-server-health"
@@ -21,6 +22,22 @@ REQUEST_TIMEOUT_SECONDS = 10.0  # for reading a request; running it has the plug
 def _peer_uid(conn: socket.socket) -> int:
     creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
     return struct.unpack("3i", creds)[1]
+
+
+def _netns_opens(path: str) -> bool:
+    """Whether this server can open the request's netns path ("" when there is none: nothing to open).
+
+    The server sees the host's netns directories through its own mounts; a runtime may put its
+    namespaces where those mounts do not reach (another directory, a mount made later without
+    propagation). The client, which can open it, then runs the request in-process.
+    """
+    if not path:
+        return True
+    try:
+        os.close(os.open(path, os.O_RDONLY | os.O_CLOEXEC))
+    except OSError:
+        return False
+    return True
 
 
 def serve_connection(conn: socket.socket, code_id: str, netns: str, counters: SharedCounters) -> None:
@@ -45,6 +62,9 @@ def serve_connection(conn: socket.socket, code_id: str, netns: str, counters: Sh
     # Another build's request, or one from a client in another network namespace (a plugin
     # exec'd there works on that namespace's host side), runs where the client is.
     if client_code_id != code_id or plugin not in PLUGIN_MODULES or not client_netns or client_netns != netns:
+        conn.sendall(wire.encode_response(wire.DECLINED, b""))
+        return
+    if not _netns_opens(environ.get("CNI_NETNS", "")):
         conn.sendall(wire.encode_response(wire.DECLINED, b""))
         return
     conn.settimeout(None)

@@ -24,6 +24,12 @@ in the host's network namespace; settings from the ConfigMap key network.yaml.
       value: {{ printf "%s:%v" .Values.listenAddress .Values.agent.healthPort | quote }}
     - name: PYCNI_LOG_LEVEL
       value: {{ .Values.logLevel | quote }}
+    {{- with include "pycni.apiServerEnv" . }}
+    {{- . | nindent 4 }}
+    {{- end }}
+    {{- with include "pycni.extraEnv" . }}
+    {{- . | nindent 4 }}
+    {{- end }}
   ports:
     - name: agent-health
       containerPort: {{ .Values.agent.healthPort }}

@@ -50,3 +50,20 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- define "pycni.image" -}}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
 {{- end -}}
+
+{{/* The API server address (kubernetes.apiServer), for the containers that talk to the API. */}}
+{{- define "pycni.apiServerEnv" -}}
+{{- with .Values.kubernetes.apiServer.host }}
+- name: KUBERNETES_SERVICE_HOST
+  value: {{ . | quote }}
+- name: KUBERNETES_SERVICE_PORT
+  value: {{ default "6443" $.Values.kubernetes.apiServer.port | toString | quote }}
+{{- end }}
+{{- end -}}
+
+{{/* extraEnv, added to every container. */}}
+{{- define "pycni.extraEnv" -}}
+{{- with .Values.extraEnv }}
+{{- toYaml . }}
+{{- end }}
+{{- end -}}

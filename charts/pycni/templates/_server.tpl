@@ -21,6 +21,9 @@ unprivileged, is the host's /proc/sys/net at /host/proc/sys/net (PYCNI_PROC_SYS)
     - name: PYCNI_PROC_SYS
       value: /host/proc/sys
     {{- end }}
+    {{- with include "pycni.extraEnv" . }}
+    {{- . | nindent 4 }}
+    {{- end }}
   # The probe asks the server itself over its socket (a request like any other).
   livenessProbe:
     exec:
@@ -67,15 +70,15 @@ unprivileged, is the host's /proc/sys/net at /host/proc/sys/net (PYCNI_PROC_SYS)
     # The socket dir (0700, created by the server) and pycni-dns's state (/run/pycni/dns).
     - name: pycni-run
       mountPath: /run/pycni
-    # The runtimes' netns bind mounts appear after the container started: HostToContainer.
+    # The runtimes' netns bind mounts appear after the container started: HostToContainer,
+    # which needs the host's /run/netns on a shared or slave mount (see server.netnsPropagation).
+    # /var/run is a symlink to /run (on the host and in the image): /var/run/netns paths resolve here.
     - name: netns
       mountPath: /run/netns
       readOnly: true
-      mountPropagation: HostToContainer
-    - name: var-run-netns
-      mountPath: /var/run/netns
-      readOnly: true
-      mountPropagation: HostToContainer
+      {{- if ne .Values.server.netnsPropagation "None" }}
+      mountPropagation: {{ .Values.server.netnsPropagation }}
+      {{- end }}
     # pycni-host-local's default dataDir /var/lib/cni/networks.
     - name: cni-state
       mountPath: /var/lib/cni
@@ -99,10 +102,6 @@ unprivileged, is the host's /proc/sys/net at /host/proc/sys/net (PYCNI_PROC_SYS)
 - name: netns
   hostPath:
     path: /run/netns
-    type: DirectoryOrCreate
-- name: var-run-netns
-  hostPath:
-    path: /var/run/netns
     type: DirectoryOrCreate
 - name: cni-state
   hostPath:

@@ -14,11 +14,12 @@ from pycni.plugins.core.record import FrozenRecord, Record
 
 from pycni.plugins.core.config import NetConf
 from pycni.plugins.core.errors import INVALID_CONFIG, CNIError
-from pycni.plugins.core.result import DNS, IPAddress, IPNetwork, Route
+from pycni.plugins.core.result import DNS, Route
 
 TYPE_CHECKING = False  # typing is not imported at run time: it costs every exec milliseconds
 if TYPE_CHECKING:
     from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+    from pycni.plugins.core.result import IPAddress, IPNetwork
 
 DEFAULT_DATA_DIR = "/var/lib/cni/networks"
 
@@ -114,7 +115,7 @@ class RangeSet(FrozenRecord):
                     break
         n = len(ranges)
         head = ranges[first_range]
-        segments = [(head, first_ip, head.end)]
+        segments: List[Tuple[IPRange, Optional[int], Optional[int]]] = [(head, first_ip, head.end)]
         segments += [(ranges[(first_range + k) % n], None, None) for k in range(1, n)]
         segments.append((head, head.start, first_ip - 1))  # wrapped around to where we began
         make = ipaddress.ip_address

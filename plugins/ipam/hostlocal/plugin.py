@@ -11,13 +11,15 @@ import ipaddress
 from pycni.plugins.core.config import NetConf
 from pycni.plugins.core.errors import INVALID_CONFIG, NOT_AVAILABLE, TRY_AGAIN_LATER, UNKNOWN_CONTAINER, CNIError
 from pycni.plugins.ipam.hostlocal.config import HostLocalConfig, IPRange, RangeSet, load, read_resolv_conf, requested_addresses
-from pycni.plugins.ipam.hostlocal.store import Owner, Store
+from pycni.plugins.ipam.hostlocal.store import Store
 from pycni.plugins.core.plugin import Context, Plugin
-from pycni.plugins.core.result import DNS, IPAddress, IPConfig, Result
+from pycni.plugins.core.result import DNS, IPConfig, Result
 
 TYPE_CHECKING = False  # typing is not imported at run time: it costs every exec milliseconds
 if TYPE_CHECKING:
     from typing import Dict, List, Optional, Set
+    from pycni.plugins.core.result import IPAddress
+    from pycni.plugins.ipam.hostlocal.store import Owner
 
 CHECK_MISMATCH = 100  # plugin-specific: prevResult names an address this attachment does not hold
 RESCAN_AFTER_COLLISIONS = 32  # then skip taken addresses by name instead of trying each

@@ -43,11 +43,15 @@ import zlib
 from pycni.plugins.core.config import network_name_problem
 from pycni.plugins.core.env import interface_name_problem
 from pycni.plugins.core.errors import INVALID_CONFIG, IO_FAILURE, CNIError
-from pycni.plugins.core.result import IPAddress
 
 TYPE_CHECKING = False  # typing is not imported at run time: it costs every exec milliseconds
 if TYPE_CHECKING:
-    from typing import Dict, List, Optional, Set, Tuple  # noqa: F401 (Owner)
+    from typing import Dict, List, Optional, Set, Tuple
+
+    from pycni.plugins.core.result import IPAddress
+
+    # (container ID, ifname); ifname is None for the reference's old container-ID-only files.
+    Owner = Tuple[str, Optional[str]]
 
 LOCK = "lock"
 LAST_RESERVED = "last_reserved_ip."
@@ -60,9 +64,6 @@ LINK_UNSUPPORTED = {errno.EXDEV, errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, e
 
 _CONTAINER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 _IP_NAME = re.compile(r"^[0-9a-fA-F:.]+$")
-
-# (container ID, ifname); ifname is None for the reference's old container-ID-only files.
-Owner = "Tuple[str, Optional[str]]"
 
 
 def parse_owner(data: bytes) -> Optional[Owner]:
@@ -186,8 +187,13 @@ class Store:
             if exc.errno == errno.ELOOP:
                 return None
             raise
-        try:
-            return os.read(fd, 65536)
+        try:  # the whole file: a lease of a long container ID written by another plugin must still match
+            chunks: "list[bytes]" = []
+            while True:
+                chunk = os.read(fd, 65536)
+                if not chunk:
+                    return b"".join(chunks)
+                chunks.append(chunk)
         finally:
             os.close(fd)
 

@@ -30,6 +30,8 @@ TYPE_CHECKING = False  # typing is not imported at run time: it costs every exec
 if TYPE_CHECKING:
     from typing import List, Optional
 
+    from dnslib import DNSRecord
+
 BOOT = ("import os, sys; sys.path[0:0] = [p for p in sys.argv[1].split(os.pathsep) if p]; "
         "from pycni.plugins.meta.dns.server import main; rc = main(sys.argv[2:]); os._exit(rc)")
 MARKER = b"pycni.plugins.meta.dns.server"
@@ -165,7 +167,7 @@ def stop(store: NetworkStore) -> None:
 
 
 def query(host: str, port: int, name: str, qtype: str = "A", timeout: float = 1.0,
-          tries: int = 2) -> Optional[object]:
+          tries: int = 2) -> Optional[DNSRecord]:
     """Ask the server one question over UDP; the parsed reply (a dnslib DNSRecord) or None."""
     from dnslib import DNSRecord  # only CHECK and STATUS need dnslib in the plugin
 

@@ -1,4 +1,5 @@
-"""The network settings the agent reads from the pycni ConfigMap (the one holding the conflist).
+"""The network settings in the pycni ConfigMap (the one holding the conflist): the agent runs them,
+the installer derives the pods' MTU from them (`pod_mtu`), so they live below both.
 
 Data key `network.yaml` (YAML or JSON), every field optional:
 
@@ -82,12 +83,12 @@ def parse_network_config(text: Optional[str]) -> NetworkConfig:
     """NetworkConfig from the ConfigMap value (None or blank = defaults); raises ConfigError."""
     if text is None or not text.strip():
         return NetworkConfig()
-    import yaml
+    from pycni.installer import yamlsafe
 
     try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{KEY}: not valid YAML: {exc}") from None
+        data = yamlsafe.load(text)
+    except yamlsafe.YamlRefused as exc:
+        raise ConfigError(f"{KEY}: {exc}") from None
     if data is None:
         return NetworkConfig()
     if not isinstance(data, dict):
