@@ -127,7 +127,7 @@ def test_make_demo_in_a_fresh_clone_with_the_system_path(clone: Path, tmp_path: 
     assert "/readyz     503 config rejected (missing_plugin)" in step[3] and "log         config_rejected" in step[3]
     assert "node file   unchanged, byte for byte" in step[3], step[3]
     # 5. everything removed
-    assert "DEL         web-" in step[4] and "removed 5 files the installer wrote" in step[4], step[4]
+    assert "DEL         web-" in step[4] and "removed 7 files the installer wrote" in step[4], step[4]
     assert "left        nothing" in step[4] and "==> done in" in demo
     assert leftovers(demo, tmp_path) == []
 

@@ -215,7 +215,7 @@ class Resolver:
         if (reply is not None or forward) and len(data) >= 12:
             if len(replies) >= REPLY_CACHE_SIZE:
                 replies.clear()
-            replies[key] = FORWARD if forward else reply[2:]
+            replies[key] = FORWARD if forward or reply is None else reply[2:]
         return reply, forward
 
     def _resolve(self, data: bytes, udp: bool) -> Tuple[Optional[bytes], bool]:
@@ -646,6 +646,14 @@ class Server:
         self.clients.update(self.resolver.settings, self.resolver.table)
 
     # --- UDP -------------------------------------------------------------------------------
+    @staticmethod
+    def _udp_deliverer(sendto: Callable[[bytes, Any], int], addr: Any) -> Callable[[Optional[bytes]], None]:
+        """What a forwarded UDP query's upstream reply goes through: back to the client that asked."""
+        def deliver(reply: Optional[bytes]) -> None:
+            if reply is not None:
+                sendto(reply, addr)
+        return deliver
+
     def _udp_loop(self, sock: socket.socket) -> None:
         """The hot path, one thread per UDP socket blocked in recvfrom (two syscalls a query):
         a repeated query from a known client costs two dict lookups and an ID patch. Queries
@@ -676,7 +684,7 @@ class Server:
                 data = bytes(view[:n])
                 reply, forward = (None, True) if cached is FORWARD else resolver.resolve(data, udp=True)
                 if forward:
-                    self.forwarder.forward(data, False, lambda r, a=addr: r is not None and sendto(r, a))
+                    self.forwarder.forward(data, False, self._udp_deliverer(sendto, addr))
                 elif reply is not None:
                     sendto(reply, addr)
             except Exception:
