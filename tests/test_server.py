@@ -16,6 +16,7 @@ from typing import List
 
 import pytest
 
+from burst_helpers import conflist, run_burst, runner_for
 from helpers import exec_plugin, link_exists, plugin_env, sh, start_node_server, unique
 from pycni.plugins.server import wire
 from pycni.plugins.core.buildinfo import own_code_id
@@ -531,3 +532,24 @@ def test_client_sends_nothing_to_a_listener_that_is_not_root(bin_dir: Path) -> N
             listener.kill()
             listener.wait()
         shutil.rmtree(directory, ignore_errors=True)
+
+
+# -- bursts (issue 21): correctness under the benchmark's load, not timed ------------------------
+
+@pytest.mark.parametrize("via_server,masq", [(True, False), (True, True), (False, False)],
+                         ids=["server", "server-masq", "standalone"])
+def test_a_burst_of_pods_gets_distinct_addresses_and_leaves_nothing(bin_dir: Path, tmp_path: Path, server,
+                                                                     via_server: bool, masq: bool) -> None:
+    """50 pods at once, each its own new netns, bridge + host-local ADD then DEL (as bench/burst.py):
+    every call succeeds, no address is handed out twice, no lease, veth or masquerade rule is left."""
+    path, _ = server
+    bridge, prefix, data_dir = unique("bpb"), unique("bp"), str(tmp_path / "ipam")
+    net = conflist(False, bridge, "10.232.0.0/24", data_dir, masq)
+    runner = runner_for([str(bin_dir)], str(tmp_path / "cache"), str(path) if via_server else None)
+    before = served(path)
+    try:
+        burst = run_burst(runner, net, bridge, data_dir, 50, prefix)
+    finally:
+        sh("ip", "link", "del", bridge, check=False)
+    assert burst.clean and len(burst.add_latencies) == 50, (burst.failures, burst.duplicates, burst.leftovers)
+    assert served(path) - before == (100 if via_server else 0)  # each ADD and DEL (IPAM runs inside), or none
