@@ -13,6 +13,8 @@ with other pool settings (where the time goes: the worker cap, workers forked ah
 from __future__ import annotations
 
 import argparse
+import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -33,7 +35,17 @@ VARIANTS = {  # server command-line variants for --variants
 }
 
 
-def summary(name: str, bursts: List[Burst], reference: List[Burst]) -> str:
+def cpu_seconds(server_pid: int = 0) -> float:
+    """CPU time of this process's exited children (the plugins and thin clients), or of a server
+    and its exited workers: on 2 busy cores, a burst's wall time is about its CPU time / 2."""
+    if not server_pid:
+        usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return usage.ru_utime + usage.ru_stime
+    fields = open(f"/proc/{server_pid}/stat").read().rsplit(")", 1)[1].split()
+    return sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
+def summary(name: str, bursts: List[Burst], reference: List[Burst], cpu: List[Tuple[float, float]]) -> str:
     wall, p95 = min(b.add_wall for b in bursts), min(b.add_p95 for b in bursts)
     med = min(statistics.median(b.add_latencies) for b in bursts if b.add_latencies) if any(
         b.add_latencies for b in bursts) else 0.0
@@ -45,8 +57,11 @@ def summary(name: str, bursts: List[Burst], reference: List[Burst]) -> str:
     fails = sum(len(b.failures) for b in bursts)
     dups = sum(len(b.duplicates) for b in bursts)
     left = sum(len(b.leftovers) for b in bursts)
+    pods = len(bursts[0].add_latencies) or 1
+    client, server = (min(c[i] for c in cpu) * 1000 / pods for i in (0, 1))
     return (f"  {name:<36} ADD wall {wall * 1000:7.0f} ms  p95 {p95 * 1000:7.0f}  median {med * 1000:7.0f}  "
-            f"DEL wall {dele * 1000:7.0f}  failures {fails} duplicates {dups} leftovers {left}{ratio}")
+            f"DEL wall {dele * 1000:7.0f}  CPU/pod ADD+DEL: exec'd {client:5.1f} ms, server {server:5.1f} ms  "
+            f"failures {fails} duplicates {dups} leftovers {left}{ratio}")
 
 
 def main() -> None:
@@ -73,19 +88,23 @@ def main() -> None:
         for pods in (int(p) for p in opts.pods.split(",")):
             for masq in (m == "on" for m in opts.masq.split(",")):
                 results: Dict[str, List[Burst]] = {name: [] for name in runners}
+                cpu: Dict[str, List[Tuple[float, float]]] = {name: [] for name in runners}
                 order: List[Tuple[str, object]] = list(runners.items())
                 for rnd in range(opts.rounds):
                     for k, (name, runner) in enumerate(order[rnd % len(order):] + order[:rnd % len(order)]):
                         bridge = f"bu{tag}{rnd}{k:02d}"
                         data_dir = str(work / f"ipam-{bridge}")
                         net = conflist(name == "reference", bridge, f"10.{120 + k}.0.0/16", data_dir, masq)
+                        pid = servers[name].pid if name in servers else 0
+                        before = (cpu_seconds(), cpu_seconds(pid) if pid else 0.0)
                         try:
                             results[name].append(run_burst(runner, net, bridge, data_dir, pods, f"b{tag}{rnd}{k:02d}x"))
+                            cpu[name].append((cpu_seconds() - before[0], (cpu_seconds(pid) if pid else 0.0) - before[1]))
                         finally:
                             subprocess.run(["ip", "link", "del", bridge], stderr=subprocess.DEVNULL)
                 print(f"\n== {pods} pods at once, bridge + host-local, ipMasq={masq}, best of {opts.rounds} rounds")
                 for name, bursts in results.items():
-                    print(summary(name, bursts, results["reference"]))
+                    print(summary(name, bursts, results["reference"], cpu[name]))
                     for burst in bursts:
                         for problem in (burst.failures + burst.duplicates + burst.leftovers)[:3]:
                             print(f"      {problem}")
