@@ -12,10 +12,12 @@ in time is CNI code 11.
 """
 import posix
 import sys
+from _struct import Struct  # already loaded by _pycni_wire
 
 from _pycni_wire import (ACCEPT_TIMEOUT, ACCEPT_TIMEOUT_ENV, ACCEPTED, ANSWER_TIMEOUT, ANSWER_TIMEOUT_ENV, DECLINED,
                          DEFAULT_SOCKET, SOCKET_ENV, TIMED_OUT, WireError, encode_request, read_response)
 
+CREDS = Struct("3i")  # struct ucred: pid, uid, gid
 LOST = "lost the connection to the pycni node server after sending the request; try again later"
 
 
@@ -53,11 +55,9 @@ def _try_again_later(stdin, msg=LOST):
 
 def _trusted(sock, socket):
     """The listener runs as root or as us: anyone else must not see the request (env, config)."""
-    from _struct import Struct
-
     try:
-        creds = sock.getsockopt(socket.SOL_SOCKET, getattr(socket, "SO_PEERCRED", 17), 12)
-        uid = Struct("3i").unpack(creds)[1]
+        creds = sock.getsockopt(socket.SOL_SOCKET, getattr(socket, "SO_PEERCRED", 17), CREDS.size)
+        uid = CREDS.unpack(creds)[1]
     except (OSError, ValueError):
         return False
     return uid == 0 or uid == posix.geteuid()
