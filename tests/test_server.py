@@ -553,3 +553,39 @@ def test_a_burst_of_pods_gets_distinct_addresses_and_leaves_nothing(bin_dir: Pat
         sh("ip", "link", "del", bridge, check=False)
     assert burst.clean and len(burst.add_latencies) == 50, (burst.failures, burst.duplicates, burst.leftovers)
     assert served(path) - before == (100 if via_server else 0)  # each ADD and DEL (IPAM runs inside), or none
+
+
+def test_client_waits_out_a_full_backlog(bin_dir: Path, tmp_path: Path) -> None:
+    """In a burst the server's backlog can be full for a moment: connect() with a timeout fails at
+    once there (EAGAIN); the client must wait for the server (up to its accept deadline), not run
+    the request in-process."""
+    path = tmp_path / "full.sock"
+    with socket.socket(socket.AF_UNIX) as listener, ExitStack() as stack:
+        listener.bind(str(path))
+        listener.listen(0)
+        fillers = 0
+        while True:  # fill the backlog
+            filler = stack.enter_context(socket.socket(socket.AF_UNIX))
+            filler.setblocking(False)
+            try:
+                filler.connect(str(path))
+            except BlockingIOError:
+                break
+            fillers += 1
+
+        def serve_after_a_while() -> None:
+            time.sleep(1)
+            for _ in range(fillers):
+                listener.accept()[0].close()  # queued first
+            conn, _ = listener.accept()
+            with conn:
+                conn.sendall(wire.ACCEPTED)
+                wire.read_request(conn)
+                conn.sendall(wire.encode_response(0, b'{"served": true}\n'))
+
+        thread = threading.Thread(target=serve_after_a_while, daemon=True)
+        thread.start()
+        env = plugin_env("ADD", "/x", "c1", extra={"PYCNI_SERVER_SOCKET": str(path)})
+        out, rc, _ = exec_plugin(bin_dir / "pycni-host-local", env, b"[]", timeout=30)
+        thread.join(timeout=30)
+    assert rc == 0 and out == {"served": True}

@@ -74,6 +74,22 @@ def _accepted(sock, socket, environ):
         return False
 
 
+def _connect(sock, path, timeout):
+    """Connect, waiting out a full backlog (a burst of pods) up to `timeout`: a socket with a
+    timeout fails at once there (EAGAIN), where running in-process would cost far more."""
+    import time
+
+    end = time.monotonic() + timeout
+    while True:
+        try:
+            sock.connect(path)
+            return True
+        except BlockingIOError:
+            if time.monotonic() >= end:
+                return False
+            time.sleep(0.002)
+
+
 def handle_via_server(plugin, code_id):
     """Exit with the server's answer; or return the stdin bytes (None: not read yet) to run in-process."""
     environ = _environ()
@@ -90,10 +106,10 @@ def handle_via_server(plugin, code_id):
         import socket
 
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.settimeout(_seconds(environ, ACCEPT_TIMEOUT_ENV, ACCEPT_TIMEOUT))
+    accept_timeout = _seconds(environ, ACCEPT_TIMEOUT_ENV, ACCEPT_TIMEOUT)
+    sock.settimeout(accept_timeout)
     try:
-        sock.connect(path)
-        accepted = _accepted(sock, socket, environ)
+        accepted = _connect(sock, path, accept_timeout) and _accepted(sock, socket, environ)
     except OSError:
         accepted = False
     if not accepted:

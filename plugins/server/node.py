@@ -146,7 +146,7 @@ class Server:
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         listener.bind(tmp)
         os.chmod(tmp, 0o600)
-        listener.listen(128)
+        listener.listen(4096)  # the kernel caps it (somaxconn); a burst of pods connects at once
         self.socket_inode = os.stat(tmp).st_ino
         os.replace(tmp, self.socket_path)  # a restart after a crash takes over a stale path atomically
         return listener
