@@ -39,6 +39,7 @@ def serve(listener: socket.socket) -> None:
             return  # listener closed: the benchmark is over
         with conn:
             try:
+                conn.sendall(wire.ACCEPTED)
                 wire.read_request(conn)
                 conn.sendall(wire.encode_response(0, ANSWER))
             except (OSError, wire.WireError):

@@ -115,13 +115,13 @@ def plugin_env(command: str, netns: str = "", container_id: str = "", ifname: st
 
 
 def exec_plugin(binary: os.PathLike, env: Mapping[str, str], stdin: Any,
-                netns: Optional[str] = None) -> Tuple[Any, int, str]:
+                netns: Optional[str] = None, timeout: float = 120) -> Tuple[Any, int, str]:
     """Exec a plugin binary as a runtime would (inside `netns` when given: its host side is that
     namespace); returns (parsed stdout or None, exit code, stderr)."""
     data = stdin if isinstance(stdin, bytes) else json.dumps(stdin).encode()
     prefix = ["ip", "netns", "exec", netns] if netns else []
     proc = subprocess.run(prefix + [str(binary)], input=data, env=dict(env), cwd="/",
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=120)
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=timeout)
     out = proc.stdout.decode()
     try:
         parsed = json.loads(out) if out.strip() else None

@@ -45,7 +45,7 @@ AGENT_ENV = {
     "PYCNI_AGENT_RESYNC_SECONDS", "PYCNI_LOG_LEVEL", "PYCNI_WATCH_TIMEOUT_SECONDS", "PYCNI_DEBOUNCE_SECONDS",
     "KUBERNETES_SERVICE_HOST", "KUBERNETES_SERVICE_PORT",
 }
-SERVER_ENV = {"PYCNI_SERVER_SOCKET", "PYCNI_SERVER_MAX_WORKERS", "PYCNI_SERVER_IDLE_WORKERS"}
+SERVER_ENV = {"PYCNI_SERVER_SOCKET", "PYCNI_SERVER_MAX_WORKERS", "PYCNI_SERVER_IDLE_WORKERS", "PYCNI_SERVER_RUN_TIMEOUT"}
 SERVER_CAPS = ["NET_ADMIN", "SYS_ADMIN", "NET_BIND_SERVICE"]
 # Unprivileged, the server writes sysctls through the host's /proc/sys/net mounted here: the one
 # host dir not at its own path inside (the runtime's /proc/sys is read-only).
@@ -78,7 +78,7 @@ COMBOS: Dict[str, Dict[str, Any]] = {
     "server-off": {"server": {"enabled": False}},
     "agent-off": {"agent": {"enabled": False}},
     "server-and-agent-off": {"server": {"enabled": False}, "agent": {"enabled": False}},
-    "server-unprivileged": {"server": {"privileged": False, "maxWorkers": 8, "idleWorkers": 0},
+    "server-unprivileged": {"server": {"privileged": False, "maxWorkers": 8, "idleWorkers": 0, "runTimeoutSeconds": 9},
                             "seLinux": {"enabled": True}},
     "server-privileged": {"server": {"privileged": True, "idleWorkers": 5}},
     "vxlan": {"network": {"backend": "vxlan", "vxlan": {"vni": 42, "mtu": 1400, "port": 4789},
@@ -296,6 +296,7 @@ def check_server(docs: List[Dict[str, Any]], values: Dict[str, Any]) -> None:
     assert env["PYCNI_SERVER_SOCKET"] == "/run/pycni/server.sock"
     assert env["PYCNI_SERVER_MAX_WORKERS"] == str(server.get("maxWorkers", 64))
     assert env["PYCNI_SERVER_IDLE_WORKERS"] == str(server.get("idleWorkers", 2))
+    assert env["PYCNI_SERVER_RUN_TIMEOUT"] == str(server.get("runTimeoutSeconds", 20))
     if not privileged:
         assert env["PYCNI_PROC_SYS"] + "/net" == PROC_SYS_NET
     probe = {"exec": {"command": ["pycni-server", "health"]}}

@@ -7,12 +7,16 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+from contextlib import ExitStack, suppress
 from pathlib import Path
+from typing import List
 
 import pytest
 
+from burst_helpers import conflist, run_burst, runner_for
 from helpers import exec_plugin, link_exists, plugin_env, sh, start_node_server, unique
 from pycni.plugins.server import wire
 from pycni.plugins.core.buildinfo import own_code_id
@@ -139,6 +143,7 @@ def test_connection_lost_after_sending_is_try_again_later_and_not_rerun(bin_dir:
 
     def accept_then_drop() -> None:
         conn, _ = listener.accept()
+        conn.sendall(wire.ACCEPTED)
         received.append(wire.read_request(conn))
         conn.close()
 
@@ -174,7 +179,7 @@ def test_hostile_requests_do_not_hurt_the_server(server, payload: bytes) -> None
             answer = sock.recv(100)
         except ConnectionResetError:
             answer = b""  # dropped with the rest unread
-    assert answer in (b"", wire.encode_response(wire.DECLINED, b""))
+    assert answer in (b"", wire.ACCEPTED, wire.ACCEPTED + wire.encode_response(wire.DECLINED, b""))
     assert proc.poll() is None and health(str(path))
 
 
@@ -234,14 +239,30 @@ def test_sigterm_serves_requests_queued_behind_busy_workers(bin_dir: Path, tmp_p
             proc.wait()
 
 
-def test_restart_takes_over_the_socket_path(server) -> None:
+def test_a_second_server_on_a_live_socket_refuses_to_start(server) -> None:
+    """Two servers on one path would each think they serve the node; the first keeps it."""
     path, proc = server
+    inode = path.stat().st_ino
+    second = subprocess.Popen([sys.executable, "-m", "pycni.plugins.server.node", "--socket", str(path)],
+                              stderr=subprocess.PIPE)
+    try:
+        _, err = second.communicate(timeout=60)
+    finally:
+        if second.poll() is None:
+            second.kill()
+            second.wait()
+    assert second.returncode != 0 and b"another server listens on" in err
+    assert path.stat().st_ino == inode and proc.poll() is None and health(str(path))
+
+
+def test_a_dead_servers_stale_socket_is_taken_over(server) -> None:
+    path, proc = server
+    proc.kill()  # no drain: the socket file stays, nobody listens
+    proc.wait(timeout=30)
+    assert path.exists() and not health(str(path), timeout=1)
     second = start_node_server(path)
     try:
         assert health(str(path)).startswith("ok served=")
-        proc.terminate()
-        proc.wait(timeout=30)
-        assert path.exists() and health(str(path))  # the old server did not unlink the new one's socket
     finally:
         second.terminate()
         second.wait(timeout=30)
@@ -283,3 +304,288 @@ def test_standalone_plugin_runs_a_same_build_ipam_in_process(bin_dir: Path, tmp_
         assert len({r["pid"] for r in records}) == (2 if same_build else 4), records
     finally:
         sh("ip", "link", "del", bridge, check=False)
+
+
+# -- deadlines (issue 17, item 9) and who may listen (item 10) -----------------------------------
+
+SLOW_IPAM = """#!/bin/sh
+echo $$ >> {pids}
+exec sleep {seconds}
+"""
+
+
+def slow_ipam_bin(bin_dir: Path, tmp_path: Path, seconds: int) -> Path:
+    """A CNI bin dir with pycni-bridge and an IPAM delegate `slow-ipam` that sleeps (recording its pid)."""
+    cni_bin = tmp_path / "slowbin"
+    cni_bin.mkdir()
+    shutil.copy(bin_dir / "pycni-bridge", cni_bin)
+    script = cni_bin / "slow-ipam"
+    script.write_text(SLOW_IPAM.format(pids=tmp_path / "slow.pids", seconds=seconds))
+    script.chmod(0o755)
+    return cni_bin
+
+
+def bridge_with_slow_ipam(cni_bin: Path, netns: str, bridge: str, container_id: str,
+                          socket_path: Path) -> subprocess.Popen:
+    """Start a bridge ADD through the server whose IPAM delegate is the slow one; stdin already sent."""
+    conf = {"cniVersion": "1.0.0", "name": "slownet", "type": "pycni-bridge", "bridge": bridge,
+            "ipam": {"type": "slow-ipam"}}
+    env = plugin_env("ADD", f"/var/run/netns/{netns}", container_id, cni_path=str(cni_bin),
+                     extra={"PYCNI_SERVER_SOCKET": str(socket_path)})
+    proc = subprocess.Popen([str(cni_bin / "pycni-bridge")], env=env, stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    proc.stdin.write(json.dumps(conf).encode())
+    proc.stdin.close()
+    return proc
+
+
+def alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_a_request_past_the_run_deadline_is_killed_and_answered_try_again(bin_dir: Path, tmp_path: Path,
+                                                                          make_netns) -> None:
+    """Requests that never end (here: an IPAM delegate that hangs) must not wedge the workers or the
+    drain: each is killed with what it exec'd at --run-timeout and its client gets CNI code 11."""
+    path = tmp_path / "srv" / "server.sock"
+    proc = start_node_server(path, "--max-workers", "2", "--idle-workers", "1", "--run-timeout", "2")
+    cni_bin, netns, bridge = slow_ipam_bin(bin_dir, tmp_path, 300), make_netns("sd"), unique("sdb")
+    try:
+        start = time.monotonic()
+        calls = [bridge_with_slow_ipam(cni_bin, netns, bridge, f"c{i}", path) for i in range(3)]
+        answers = []
+        for call_proc in calls:
+            out = call_proc.stdout.read()
+            call_proc.wait(timeout=60)
+            answers.append((call_proc.returncode, json.loads(out)))
+        assert time.monotonic() - start < 30
+        assert all(rc == 1 and out["code"] == 11 and "run deadline" in out["msg"] for rc, out in answers), answers
+        pids = [int(p) for p in (tmp_path / "slow.pids").read_text().split()]
+        assert len(pids) == 3 and not any(alive(p) for p in pids)  # what the workers exec'd is gone too
+        assert health(str(path))
+        proc.terminate()
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        sh("ip", "link", "del", bridge, check=False)
+
+
+def test_a_request_whose_client_left_is_not_run(bin_dir: Path, tmp_path: Path, make_netns) -> None:
+    """A request queued behind a busy worker whose client then gave up must not allocate anything."""
+    path = tmp_path / "srv" / "server.sock"
+    proc = start_node_server(path, "--max-workers", "1", "--idle-workers", "1")
+    cni_bin, netns, bridge = slow_ipam_bin(bin_dir, tmp_path, 3), make_netns("sg"), unique("sgb")
+    data_dir = tmp_path / "leases"
+    try:
+        busy = bridge_with_slow_ipam(cni_bin, netns, bridge, "busy", path)
+        time.sleep(1)  # the only worker now waits for the slow delegate
+        conf = {"cniVersion": "1.0.0", "name": "gonenet", "type": "pycni-host-local",
+                "ipam": {"type": "pycni-host-local", "subnet": "10.231.0.0/24", "dataDir": str(data_dir)}}
+        env = plugin_env("ADD", f"/var/run/netns/{netns}", "gone", cni_path=str(cni_bin))
+        with socket.socket(socket.AF_UNIX) as gone:
+            gone.connect(str(path))
+            gone.sendall(wire.encode_request("pycni-host-local", own_code_id(), env, json.dumps(conf).encode()))
+            time.sleep(0.5)
+        busy.stdout.read()
+        busy.wait(timeout=60)
+        time.sleep(2)  # a worker that ran it would have written its lease by now
+        assert health(str(path))
+        assert not data_dir.exists() or not [p for p in data_dir.rglob("*") if p.name.startswith("10.")]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        sh("ip", "link", "del", bridge, check=False)
+
+
+def test_idle_and_trickling_connections_never_starve_requests(bin_dir: Path, tmp_path: Path) -> None:
+    """Slowloris: ten times more silent or byte-every-half-second connections than workers; requests
+    still go through, and each such connection is dropped at the total read deadline."""
+    path = tmp_path / "srv" / "server.sock"
+    proc = start_node_server(path, "--max-workers", "4", "--read-timeout", "3")
+    stop = threading.Event()
+    payload = wire.encode_request("pycni-host-local", own_code_id(), {}, b"")
+    try:
+        with ExitStack() as stack:
+            conns = [stack.enter_context(socket.socket(socket.AF_UNIX)) for _ in range(40)]
+            for conn in conns:
+                conn.connect(str(path))
+
+            def trickle() -> None:
+                for i in range(len(payload)):
+                    for conn in conns[::2]:
+                        with suppress(OSError):
+                            conn.send(payload[i:i + 1])
+                    if stop.wait(0.5):
+                        return
+
+            thread = threading.Thread(target=trickle, daemon=True)
+            thread.start()
+            time.sleep(1)
+            start = time.monotonic()
+            assert health(str(path), timeout=3), "health starved"
+            out, rc, _ = call(bin_dir, "pycni-host-local", "VERSION", b'{"cniVersion":"1.0.0"}', str(path))
+            assert rc == 0 and "supportedVersions" in out and time.monotonic() - start < 10
+            for conn in conns:  # each dropped at the read deadline, trickling or not
+                conn.settimeout(15)
+                assert conn.recv(100) in (b"", wire.ACCEPTED)
+                assert conn.recv(100) == b""
+    finally:
+        stop.set()
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_client_runs_in_process_when_no_server_accepts_in_time(bin_dir: Path, tmp_path: Path) -> None:
+    """A listener that never accepts (a hung server): connect() lands in the backlog; the client
+    sends nothing and runs the request itself at the accept deadline."""
+    path = tmp_path / "hung.sock"
+    with socket.socket(socket.AF_UNIX) as listener:
+        listener.bind(str(path))
+        listener.listen(8)
+        start = time.monotonic()
+        env = plugin_env("ADD", "/x", "c1",
+                         extra={"PYCNI_SERVER_SOCKET": str(path), "PYCNI_SERVER_ACCEPT_TIMEOUT": "1"})
+        out, rc, _ = exec_plugin(bin_dir / "pycni-host-local", env, b"[]", timeout=30)
+        assert rc == 1 and out["code"] == 6  # the in-process answer
+        assert time.monotonic() - start < 15
+        conn, _ = listener.accept()
+        with conn:
+            conn.settimeout(5)
+            assert conn.recv(100) == b""  # nothing was sent to it
+
+
+def test_client_answers_try_again_when_the_server_does_not_answer_in_time(bin_dir: Path, tmp_path: Path) -> None:
+    """Once sent, a request is never run in-process (it may run there): no answer in time is code 11."""
+    path = tmp_path / "mute.sock"
+    got: List[tuple] = []
+    done = threading.Event()
+    with socket.socket(socket.AF_UNIX) as listener:
+        listener.bind(str(path))
+        listener.listen(8)
+
+        def accept_and_keep_quiet() -> None:
+            conn, _ = listener.accept()
+            with conn:
+                conn.sendall(wire.ACCEPTED)
+                got.append(wire.read_request(conn))
+                done.wait(60)  # never answer while the client waits
+
+        thread = threading.Thread(target=accept_and_keep_quiet, daemon=True)
+        thread.start()
+        log = tmp_path / "log"
+        env = plugin_env("ADD", "/x", "c1", extra={"PYCNI_SERVER_SOCKET": str(path), "PYCNI_SERVER_TIMEOUT": "1",
+                                                   "PYCNI_LOG_FILE": str(log)})
+        stdin = b'{"cniVersion":"0.4.0","name":"n","type":"pycni-host-local","ipam":{"subnet":"10.1.0.0/24"}}'
+        try:
+            out, rc, _ = exec_plugin(bin_dir / "pycni-host-local", env, stdin, timeout=20)
+        finally:
+            done.set()
+            thread.join(timeout=30)
+    assert rc == 1 and out["code"] == 11 and out["cniVersion"] == "0.4.0"
+    assert got and got[0][3] == stdin and not log.exists()
+
+
+LISTENER_AS_NOBODY = r"""
+import socket, sys
+listener = socket.socket(socket.AF_UNIX)
+listener.bind(sys.argv[1])
+listener.listen(8)
+print("ready", flush=True)
+conn, _ = listener.accept()
+conn.settimeout(20)
+data = b""
+try:
+    conn.sendall(b"\x06")
+    while True:
+        chunk = conn.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+except OSError:
+    pass
+print(len(data), flush=True)
+"""
+
+
+def test_client_sends_nothing_to_a_listener_that_is_not_root(bin_dir: Path) -> None:
+    """Env and config go only to a root (or same-user) listener; anyone else's gets nothing and the
+    request runs in-process."""
+    directory = tempfile.mkdtemp(prefix="pycni-nobody-", dir="/tmp")
+    os.chmod(directory, 0o777)
+    path = os.path.join(directory, "s.sock")
+    listener = subprocess.Popen([sys.executable, "-c", LISTENER_AS_NOBODY, path], user=65534, group=65534,
+                                stdout=subprocess.PIPE, text=True)
+    try:
+        assert listener.stdout.readline().strip() == "ready"
+        env = plugin_env("ADD", "/x", "c1", extra={"PYCNI_SERVER_SOCKET": path})
+        out, rc, err = exec_plugin(bin_dir / "pycni-host-local", env, b"[]", timeout=30)
+        assert rc == 1 and out["code"] == 6 and "not served by root" in err
+        received, _ = listener.communicate(timeout=30)
+        assert received.strip() == "0"
+    finally:
+        if listener.poll() is None:
+            listener.kill()
+            listener.wait()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+# -- bursts (issue 21): correctness under the benchmark's load, not timed ------------------------
+
+@pytest.mark.parametrize("via_server,masq", [(True, False), (True, True), (False, False)],
+                         ids=["server", "server-masq", "standalone"])
+def test_a_burst_of_pods_gets_distinct_addresses_and_leaves_nothing(bin_dir: Path, tmp_path: Path, server,
+                                                                     via_server: bool, masq: bool) -> None:
+    """50 pods at once, each its own new netns, bridge + host-local ADD then DEL (as bench/burst.py):
+    every call succeeds, no address is handed out twice, no lease, veth or masquerade rule is left."""
+    path, _ = server
+    bridge, prefix, data_dir = unique("bpb"), unique("bp"), str(tmp_path / "ipam")
+    net = conflist(False, bridge, "10.232.0.0/24", data_dir, masq)
+    runner = runner_for([str(bin_dir)], str(tmp_path / "cache"), str(path) if via_server else None)
+    before = served(path)
+    try:
+        burst = run_burst(runner, net, bridge, data_dir, 50, prefix)
+    finally:
+        sh("ip", "link", "del", bridge, check=False)
+    assert burst.clean and len(burst.add_latencies) == 50, (burst.failures, burst.duplicates, burst.leftovers)
+    assert served(path) - before == (100 if via_server else 0)  # each ADD and DEL (IPAM runs inside), or none
+
+
+def test_client_waits_out_a_full_backlog(bin_dir: Path, tmp_path: Path) -> None:
+    """In a burst the server's backlog can be full for a moment: connect() with a timeout fails at
+    once there (EAGAIN); the client must wait for the server (up to its accept deadline), not run
+    the request in-process."""
+    path = tmp_path / "full.sock"
+    with socket.socket(socket.AF_UNIX) as listener, ExitStack() as stack:
+        listener.bind(str(path))
+        listener.listen(0)
+        fillers = 0
+        while True:  # fill the backlog
+            filler = stack.enter_context(socket.socket(socket.AF_UNIX))
+            filler.setblocking(False)
+            try:
+                filler.connect(str(path))
+            except BlockingIOError:
+                break
+            fillers += 1
+
+        def serve_after_a_while() -> None:
+            time.sleep(1)
+            for _ in range(fillers):
+                listener.accept()[0].close()  # queued first
+            conn, _ = listener.accept()
+            with conn:
+                conn.sendall(wire.ACCEPTED)
+                wire.read_request(conn)
+                conn.sendall(wire.encode_response(0, b'{"served": true}\n'))
+
+        thread = threading.Thread(target=serve_after_a_while, daemon=True)
+        thread.start()
+        env = plugin_env("ADD", "/x", "c1", extra={"PYCNI_SERVER_SOCKET": str(path)})
+        out, rc, _ = exec_plugin(bin_dir / "pycni-host-local", env, b"[]", timeout=30)
+        thread.join(timeout=30)
+    assert rc == 0 and out == {"served": True}

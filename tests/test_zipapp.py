@@ -289,6 +289,7 @@ def fake_server() -> Iterator[Tuple[str, Dict]]:
                 return
             with conn:
                 try:
+                    conn.sendall(wire.ACCEPTED)
                     wire.read_request(conn)
                     state["requests"] += 1
                     conn.sendall(wire.encode_response(*state["answer"]))

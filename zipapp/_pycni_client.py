@@ -4,11 +4,21 @@ Standard library only; runs from the zip before anything is unpacked. It uses
 the `posix` and `_socket` C modules rather than `os` and `socket`: with
 `python3 -S`, `os` alone imports stat, posixpath and _collections_abc (1-2 ms)
 and `socket` adds enum and selectors (~5 ms), on every exec of every plugin.
+
+Nothing is sent before the listener proved to be root (or this client's own
+user: SO_PEERCRED) and accepted the connection in time; until then the
+request can still run in-process. Once sent, it is never run here: no answer
+in time is CNI code 11.
 """
 import posix
 import sys
+from _struct import Struct  # already loaded by _pycni_wire
 
-from _pycni_wire import DECLINED, DEFAULT_SOCKET, SOCKET_ENV, WireError, encode_request, read_response
+from _pycni_wire import (ACCEPT_TIMEOUT, ACCEPT_TIMEOUT_ENV, ACCEPTED, ANSWER_TIMEOUT, ANSWER_TIMEOUT_ENV, DECLINED,
+                         DEFAULT_SOCKET, SOCKET_ENV, TIMED_OUT, WireError, encode_request, read_response)
+
+CREDS = Struct("3i")  # struct ucred: pid, uid, gid
+LOST = "lost the connection to the pycni node server after sending the request; try again later"
 
 
 def _environ():
@@ -23,18 +33,61 @@ def _read_stdin():
     return sys.stdin.buffer.read()
 
 
-def _try_again_later(stdin):
+def _seconds(environ, name, default):
+    try:
+        value = float(environ.get(name) or default)
+    except ValueError:
+        return default
+    return value if value > 0 else default
+
+
+def _try_again_later(stdin, msg=LOST):
     import json
 
     try:
         version = json.loads(stdin).get("cniVersion") or "1.1.0"
     except Exception:
         version = "1.1.0"
-    error = {"cniVersion": version, "code": 11,
-             "msg": "lost the connection to the pycni node server after sending the request; try again later"}
-    sys.stdout.write(json.dumps(error) + "\n")
+    sys.stdout.write(json.dumps({"cniVersion": version, "code": 11, "msg": msg}) + "\n")
     sys.stdout.flush()
     posix._exit(1)
+
+
+def _trusted(sock, socket):
+    """The listener runs as root or as us: anyone else must not see the request (env, config)."""
+    try:
+        creds = sock.getsockopt(socket.SOL_SOCKET, getattr(socket, "SO_PEERCRED", 17), CREDS.size)
+        uid = CREDS.unpack(creds)[1]
+    except (OSError, ValueError):
+        return False
+    return uid == 0 or uid == posix.geteuid()
+
+
+def _accepted(sock, socket, environ):
+    """Connected to a trusted listener that took the connection within the accept deadline."""
+    if not _trusted(sock, socket):
+        sys.stderr.write("pycni: %s is not served by root: running in-process\n" % environ.get(SOCKET_ENV))
+        return False
+    try:
+        return sock.recv(len(ACCEPTED)) == ACCEPTED
+    except OSError:  # the deadline (socket.timeout is an OSError)
+        return False
+
+
+def _connect(sock, path, timeout):
+    """Connect, waiting out a full backlog (a burst of pods) up to `timeout`: a socket with a
+    timeout fails at once there (EAGAIN), where running in-process would cost far more."""
+    import time
+
+    end = time.monotonic() + timeout
+    while True:
+        try:
+            sock.connect(path)
+            return True
+        except BlockingIOError:
+            if time.monotonic() >= end:
+                return False
+            time.sleep(0.002)
 
 
 def handle_via_server(plugin, code_id):
@@ -53,23 +106,30 @@ def handle_via_server(plugin, code_id):
         import socket
 
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    accept_timeout = _seconds(environ, ACCEPT_TIMEOUT_ENV, ACCEPT_TIMEOUT)
+    sock.settimeout(accept_timeout)
     try:
-        sock.connect(path)
+        accepted = _connect(sock, path, accept_timeout) and _accepted(sock, socket, environ)
     except OSError:
+        accepted = False
+    if not accepted:
         sock.close()
-        return None  # no server: run in-process, as a plugin dropped on a node by hand does
+        return None  # no server (in time): run in-process, as a plugin dropped on a node by hand does
     stdin = _read_stdin()
+    sock.settimeout(_seconds(environ, ANSWER_TIMEOUT_ENV, ANSWER_TIMEOUT))
     try:
         sock.sendall(encode_request(plugin, code_id, environ, stdin))
         sock.shutdown(socket.SHUT_WR)
     except OSError:
         return stdin  # the server cannot have run a request it did not fully receive
     try:
-        code, stdout = read_response(sock)
+        code, stdout = read_response(sock, accepted=True)
     except (OSError, WireError):
         _try_again_later(stdin)  # it may have run: never run it a second time here
     if code == DECLINED:
         return stdin
+    if code == TIMED_OUT:
+        _try_again_later(stdin, "the pycni node server stopped this request at its run deadline; try again later")
     out = sys.stdout.buffer
     out.write(stdout)
     out.flush()

@@ -1,11 +1,7 @@
-"""Memory tricks of pycni-server's pre-forked workers: owned pages, and counters shared across forks."""
+"""Memory tricks of pycni-server's pre-forked workers: pages owned before the first request."""
 from __future__ import annotations
 
-import fcntl
-import mmap
-import os
-import struct
-from typing import Callable, Dict, Optional
+from typing import Callable, Optional
 
 MADV_POPULATE_WRITE = 23  # Linux >= 5.14; older kernels say EINVAL and pages fault in lazily
 
@@ -47,37 +43,3 @@ def own_private_pages(madvise: Optional[Callable[[int, int, int], int]]) -> int:
         if madvise(start, end - start, MADV_POPULATE_WRITE) == 0:
             done += end - start
     return done
-
-
-class SharedCounters:
-    """Counts that the server and its forked workers update and any of them reads (health reports them).
-
-    A small shared mapping behind a POSIX record lock: lockf locks belong to
-    processes, so forked workers sharing the descriptor still exclude each other.
-    """
-
-    NAMES = ("served", "workers")
-    FORMAT = struct.Struct("%dq" % len(NAMES))
-
-    def __init__(self) -> None:
-        self._fd = os.memfd_create("pycni-server-counters", os.MFD_CLOEXEC)
-        os.ftruncate(self._fd, self.FORMAT.size)
-        self._map = mmap.mmap(self._fd, self.FORMAT.size)
-
-    def read(self) -> Dict[str, int]:
-        return dict(zip(self.NAMES, self.FORMAT.unpack_from(self._map)))
-
-    def add(self, name: str, amount: int = 1) -> None:
-        self._update(name, lambda old: old + amount)
-
-    def set(self, name: str, value: int) -> None:
-        self._update(name, lambda _old: value)
-
-    def _update(self, name: str, change: Callable[[int], int]) -> None:
-        fcntl.lockf(self._fd, fcntl.LOCK_EX)
-        try:
-            values = self.read()
-            values[name] = change(values[name])
-            self.FORMAT.pack_into(self._map, 0, *(values[n] for n in self.NAMES))
-        finally:
-            fcntl.lockf(self._fd, fcntl.LOCK_UN)

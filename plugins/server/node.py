@@ -3,15 +3,23 @@
 The plugin code is imported once here; each request runs in a worker forked
 from this warm process, so netns switches, crashes and leaked state of one
 request never touch another or the server. A few workers are forked ahead of
-requests and wait in accept() with their memory already their own, so a
-request starts at once. Each worker serves one connection and exits.
+requests and wait with their memory already their own, so a request starts at
+once. Each worker serves one request and exits.
+
+The server itself accepts and reads every request (without blocking, each
+connection against a total read deadline), so connections that trickle or
+idle cost a descriptor, never a worker; only a whole request goes to a worker,
+and a worker past the run deadline is killed (its client gets code 11).
 
     pycni-server [--socket /run/pycni/server.sock] [--max-workers 64] [--idle-workers 2]
+                 [--read-timeout 5] [--run-timeout 20]
     pycni-server health [--socket ...]      (exit 0 when the server answers)
 """
 from __future__ import annotations
 
 import argparse
+import array
+import errno
 import gc
 import os
 import select
@@ -20,16 +28,25 @@ import signal
 import socket
 import struct
 import sys
+import time
+from collections import deque
 from contextlib import suppress
-from typing import Callable, Dict, Optional
+from typing import Callable, Deque, Dict, List, Optional, Tuple
 
 from pycni.plugins.server import wire
 from pycni.plugins.core.buildinfo import own_code_id
 from pycni.plugins.core.dispatch import warm_up
-from pycni.plugins.server.memory import SharedCounters, madvise_function, own_private_pages
-from pycni.plugins.server.request import HEALTH_PLUGIN, serve_connection
+from pycni.plugins.server.memory import madvise_function, own_private_pages
+from pycni.plugins.server.request import HEALTH_PLUGIN, client_gone, declines, serve_request
 
-PID = struct.Struct("i")
+READ_TIMEOUT = 5.0  # seconds from accept to a whole request (clients send it at once)
+RUN_TIMEOUT = 20.0  # seconds a request may run: below the pod's 30 s grace period, so a drain ends
+MAX_READING = 512  # connections read at once; more wait in the socket's backlog
+CHANNEL_TIMEOUT = 5.0  # handing a request to an idle worker
+# An idle worker copies its pages (~10 ms of CPU) only after idling this long: the youngest idle
+# worker gets the next request, and back-to-back requests (ADD then DEL) then skip the copy.
+POPULATE_AFTER = 0.05
+CREDS = struct.Struct("3i")
 
 
 def check_sysctl_root() -> None:
@@ -45,187 +62,416 @@ def check_sysctl_root() -> None:
                          "mount the host's /proc/sys/net there")
 
 
-class Server:
-    """The parent: keeps `idle_workers` forked workers waiting, reaps them, drains on SIGTERM.
+class Reading:
+    """A connection the server accepted and reads, up to its deadline."""
 
-    It never reads a request itself, so no input can crash it. With
-    idle_workers=0 it accepts and forks a worker per connection instead.
+    __slots__ = ("conn", "data", "size", "deadline")
+
+    def __init__(self, conn: socket.socket, deadline: float) -> None:
+        self.conn, self.data, self.size, self.deadline = conn, bytearray(), 0, deadline
+
+
+class Worker:
+    """A forked worker: idle (waiting on `channel` for a request) or running one for `conn`."""
+
+    __slots__ = ("channel", "conn", "deadline")
+
+    def __init__(self, channel: Optional[socket.socket] = None, conn: Optional[socket.socket] = None,
+                 deadline: float = 0.0) -> None:
+        self.channel, self.conn, self.deadline = channel, conn, deadline
+
+    @property
+    def idle(self) -> bool:
+        return self.channel is not None and self.conn is None
+
+    def close(self) -> None:
+        for sock in (self.channel, self.conn):
+            if sock is not None:
+                sock.close()
+        self.channel = self.conn = None
+
+
+class Server:
+    """The parent: accepts and reads requests, hands each whole one to a worker, enforces the
+    deadlines, keeps `idle_workers` forked workers waiting, drains on SIGTERM.
+
+    It never runs a request itself, and reading one is bounded byte-counting,
+    so no input can crash it. With idle_workers=0 it forks a worker per request.
     """
 
-    def __init__(self, socket_path: str, max_workers: int = 64, idle_workers: int = 2) -> None:
+    def __init__(self, socket_path: str, max_workers: int = 64, idle_workers: int = 2,
+                 read_timeout: float = READ_TIMEOUT, run_timeout: float = RUN_TIMEOUT) -> None:
         self.socket_path = socket_path
         self.max_workers = max(1, max_workers)
         self.idle_target = max(0, min(idle_workers, self.max_workers))
+        self.read_timeout = read_timeout
+        self.run_timeout = run_timeout
         self.code_id = own_code_id()
         self.netns = wire.own_netns()  # requests from clients elsewhere are declined
-        self.workers: Dict[int, bool] = {}  # pid -> still idle
-        self.counters = SharedCounters()
+        self.workers: Dict[int, Worker] = {}
+        self.reading: Dict[int, Reading] = {}  # by descriptor
+        self.queue: Deque[Tuple[socket.socket, bytes]] = deque()  # whole requests waiting for a worker
+        self.served = 0
         self.stopping = False
+        self.exit_code = 0
+        self.listener: Optional[socket.socket] = None
+        self.listening = False
         self.socket_inode = 0
+        self.checked_at = 0.0
         self.madvise: Optional[Callable[[int, int, int], int]] = None
-        # A worker writes its pid to `taken` when it accepted a connection; idle workers
-        # exit when `stop` reads end-of-file (the server closed it, or died).
-        self.taken_r, self.taken_w = os.pipe()
-        self.stop_r, self.stop_w = os.pipe()
+        self.selector = selectors.DefaultSelector()
         self.wake_r, self.wake_w = os.pipe()  # signal wake-ups (SIGCHLD, SIGTERM)
 
-    # -- the parent -------------------------------------------------------------
+    # -- the socket -------------------------------------------------------------
 
     def listen(self) -> socket.socket:
+        """Bind the socket path, unless a live server listens there: two servers on one path would
+        each think they serve the node, and a takeover would make the old one's restarts take it back."""
         directory = os.path.dirname(self.socket_path) or "."
         os.makedirs(directory, mode=0o700, exist_ok=True)
         os.chmod(directory, 0o700)  # root only: the socket runs code as root
+        if _listening(self.socket_path):
+            raise SystemExit(f"pycni-server: another server listens on {self.socket_path}: not starting")
         tmp = f"{self.socket_path}.{os.getpid()}.tmp"
         with suppress(FileNotFoundError):
             os.unlink(tmp)
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         listener.bind(tmp)
         os.chmod(tmp, 0o600)
-        listener.listen(128)
+        listener.listen(4096)  # the kernel caps it (somaxconn); a burst of pods connects at once
         self.socket_inode = os.stat(tmp).st_ino
-        os.replace(tmp, self.socket_path)  # a restart takes over the path atomically
+        os.replace(tmp, self.socket_path)  # a restart after a crash takes over a stale path atomically
         return listener
 
-    def serve_forever(self) -> None:
+    def _socket_replaced(self, now: float) -> bool:
+        """Once a second: the path no longer names our socket (removed, or a racing server's)."""
+        if now - self.checked_at < 1.0:
+            return False
+        self.checked_at = now
+        try:
+            return os.stat(self.socket_path).st_ino != self.socket_inode
+        except OSError:
+            return True
+
+    # -- the parent -------------------------------------------------------------
+
+    def serve_forever(self) -> int:
         check_sysctl_root()
         warm_up()  # every plugin of the table and what its verbs import lazily: forked workers start warm
         self.madvise = madvise_function()
-        listener = self.listen()
-        listener.setblocking(False)  # shared with the workers: accept never blocks anyone
-        for fd in (self.wake_r, self.wake_w, self.taken_r):
-            os.set_blocking(fd, False)
+        self.listener = self.listen()
+        self.listener.setblocking(False)
+        os.set_blocking(self.wake_r, False)
+        os.set_blocking(self.wake_w, False)
         signal.set_wakeup_fd(self.wake_w)
         signal.signal(signal.SIGCHLD, lambda *_: None)  # only to wake the selector
         signal.signal(signal.SIGTERM, self._stop)
         signal.signal(signal.SIGINT, self._stop)
         gc.freeze()  # keep the warm heap out of the collector: shared with the workers
-        selector = selectors.DefaultSelector()
-        selector.register(self.wake_r, selectors.EVENT_READ)
-        selector.register(self.taken_r, selectors.EVENT_READ)
-        if not self.idle_target:
-            selector.register(listener, selectors.EVENT_READ)
+        self.selector.register(self.wake_r, selectors.EVENT_READ)
+        self._listen_for_more()
         print(f"pycni-server: listening on {self.socket_path} (code {self.code_id}, "
               f"{self.idle_target} idle workers)", file=sys.stderr, flush=True)
-        while not self.stopping:
+        while True:
             self._reap()
+            now = time.monotonic()
+            self._expire(now)
+            self._dispatch(now)
+            if self.stopping:
+                self._stop_listening()
+                if not (self.reading or self.queue or any(w.conn for w in self.workers.values())):
+                    break
+            elif self._socket_replaced(now):
+                print(f"pycni-server: {self.socket_path} is no longer this server's socket: stopping",
+                      file=sys.stderr, flush=True)
+                self.stopping, self.exit_code = True, 1
+                continue
             while self._should_fork_idle():
-                self._fork(self._wait_for_connection, listener)
-            for key, _ in selector.select(timeout=1.0):
-                if key.fileobj == self.taken_r:
-                    self._note_taken()
+                self._fork(self._wait_for_request)
+            for key, _ in self.selector.select(timeout=self._timeout(now)):
+                if key.fileobj is self.listener:
+                    self._accept_all()
                 elif key.fileobj == self.wake_r:
                     _read_all(self.wake_r)
                 else:
-                    self._accept_all(listener)
-        self._drain(listener)
+                    self._read_more(key.data)
+        self._finish()
+        return self.exit_code
 
     def _stop(self, *_: object) -> None:
         self.stopping = True
 
+    def _timeout(self, now: float) -> float:
+        deadlines = [r.deadline for r in self.reading.values()]
+        deadlines += [w.deadline for w in self.workers.values() if w.conn is not None]
+        return max(0.0, min([1.0] + [d - now for d in deadlines]))
+
     def _should_fork_idle(self) -> bool:
-        """Below the idle target, fork another, but not beside a running request while one
-        idle worker is still there: forking and copying pages would slow that request (2 cores)."""
-        idle = sum(1 for is_idle in self.workers.values() if is_idle)
-        busy = len(self.workers) - idle
-        return (not self.stopping and idle < self.idle_target and len(self.workers) < self.max_workers
-                and (idle == 0 or busy == 0))
+        """Below the idle target, fork another, but only at rest (no request running or waiting).
 
-    def _note_taken(self) -> None:
-        data = _read_all(self.taken_r)
-        for (pid,) in PID.iter_unpack(data[:len(data) - len(data) % PID.size]):
-            if pid in self.workers:
-                self.workers[pid] = False
+        An idle worker copies all its pages (~9 MiB, ~10 ms of CPU) so that a lone request
+        starts at once; beside running requests that copy would slow them (2 cores), and in
+        a burst it is waste: the next request is already there, and a worker forked with it
+        copies only the pages it touches.
+        """
+        idle = sum(1 for w in self.workers.values() if w.idle)
+        return (not self.stopping and not self.queue and idle == len(self.workers) and idle < self.idle_target
+                and len(self.workers) < self.max_workers)
 
-    def _drain(self, listener: socket.socket) -> None:
-        """On stop: unlink first (new clients run in-process), then serve what is already queued."""
+    def _listen_for_more(self) -> None:
+        """Accept while fewer than MAX_READING connections are being read; the rest wait in the backlog."""
+        want = self.listener is not None and len(self.reading) < MAX_READING
+        if want != self.listening:
+            if want:
+                self.selector.register(self.listener, selectors.EVENT_READ)
+            else:
+                self.selector.unregister(self.listener)
+            self.listening = want
+
+    def _accept_all(self) -> None:
+        while self.listener is not None and (len(self.reading) < MAX_READING or self.stopping):
+            try:
+                conn, _ = self.listener.accept()
+            except (BlockingIOError, InterruptedError):
+                break
+            self._take(conn)
+        self._listen_for_more()
+
+    def _take(self, conn: socket.socket) -> None:
+        """Accept a connection from our own user (root) only; tell the client it may send."""
+        conn.setblocking(False)
+        try:
+            if CREDS.unpack(conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, CREDS.size))[1] != os.geteuid():
+                raise PermissionError("peer is not our user")
+            conn.send(wire.ACCEPTED)
+        except OSError:
+            conn.close()
+            return
+        reading = Reading(conn, time.monotonic() + self.read_timeout)
+        self.reading[conn.fileno()] = reading
+        self.selector.register(conn, selectors.EVENT_READ, reading)
+
+    def _read_more(self, reading: Reading) -> None:
+        try:
+            chunk = reading.conn.recv(1 << 16)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            chunk = b""
+        if not chunk:  # the client left before sending a whole request
+            self._forget(reading, close=True)
+            return
+        reading.data += chunk
+        try:
+            if not reading.size and len(reading.data) >= wire.HEAD_SIZE:
+                reading.size = wire.request_size(bytes(reading.data[:wire.HEAD_SIZE]))
+        except (wire.WireError, struct.error):
+            self._forget(reading, close=True)
+            return
+        if reading.size and len(reading.data) >= reading.size:
+            self._forget(reading, close=False)
+            self._handle(reading.conn, bytes(reading.data[:reading.size]))
+
+    def _forget(self, reading: Reading, close: bool) -> None:
+        self.selector.unregister(reading.conn)
+        del self.reading[reading.conn.fileno()]
+        if close:
+            reading.conn.close()
+        self._listen_for_more()
+
+    def _handle(self, conn: socket.socket, data: bytes) -> None:
+        """Answer health and declined requests here; queue the rest for a worker."""
+        try:
+            plugin, client_code_id, environ, _, client_netns = wire.decode_request(data)
+        except (wire.WireError, UnicodeDecodeError):
+            conn.close()
+            return
+        if plugin == HEALTH_PLUGIN:
+            busy = sum(1 for w in self.workers.values() if w.conn is not None)
+            status = (f"ok served={self.served} workers={len(self.workers)} busy={busy} "
+                      f"queued={len(self.queue)} reading={len(self.reading)}\n")
+            _answer(conn, 0, status.encode())
+            return
+        self.served += 1
+        if declines(plugin, client_code_id, client_netns, environ, self.code_id, self.netns):
+            _answer(conn, wire.DECLINED, b"")
+            return
+        self.queue.append((conn, data))
+
+    def _dispatch(self, now: float) -> None:
+        """Give queued requests to idle workers, or fork workers for them, up to max_workers."""
+        while self.queue:
+            idle = next((pid for pid, w in reversed(self.workers.items()) if w.idle), None)  # youngest
+            if idle is None and len(self.workers) >= self.max_workers:
+                return
+            conn, data = self.queue.popleft()
+            if client_gone(conn):
+                conn.close()  # it gave up waiting: nobody would get the answer
+                continue
+            if idle is None:
+                idle = self._fork(serve_request, conn, data, self.code_id)
+            elif not self._hand_over(self.workers[idle], conn, data):
+                self.queue.appendleft((conn, data))
+                continue
+            self.workers[idle].conn, self.workers[idle].deadline = conn, now + self.run_timeout
+
+    def _hand_over(self, worker: Worker, conn: socket.socket, data: bytes) -> bool:
+        """Send the request and its connection to an idle worker; False when that worker is gone."""
+        channel, worker.channel = worker.channel, None
+        assert channel is not None
+        try:
+            fds = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [conn.fileno()]))]
+            sent = channel.sendmsg([data], fds)
+            channel.sendall(data[sent:])
+            return True
+        except OSError:
+            return False  # it died (reaped soon); its request goes to another
+        finally:
+            channel.close()  # end of file after the request: the worker has it all
+
+    def _expire(self, now: float) -> None:
+        """Drop connections past the read deadline; kill workers past the run deadline."""
+        for reading in [r for r in self.reading.values() if now >= r.deadline]:
+            self._forget(reading, close=True)
+        for pid, worker in self.workers.items():
+            if worker.conn is not None and now >= worker.deadline:
+                for kill in (os.killpg, os.kill):  # the worker's group: with what it exec'd
+                    with suppress(OSError):
+                        kill(pid, signal.SIGKILL)
+                print(f"pycni-server: killed worker {pid}: its request ran past {self.run_timeout:g} s",
+                      file=sys.stderr, flush=True)
+                _answer(worker.conn, wire.TIMED_OUT, b"")
+                worker.conn = None
+                worker.deadline = float("inf")
+
+    def _stop_listening(self) -> None:
+        """On stop: unlink first (new clients run in-process), then take what already queued."""
+        if self.listener is None:
+            return
         with suppress(FileNotFoundError):
             if os.stat(self.socket_path).st_ino == self.socket_inode:  # not a newer server's socket
                 os.unlink(self.socket_path)
-        os.close(self.stop_w)  # idle workers leave; one that took a connection finishes it
-        self.stop_w = -1
-        while not self._accept_all(listener):  # every worker busy, clients still queued
-            self._reap(block=True)
-        listener.close()  # the path is gone: nothing new can have queued
+        self._accept_all()  # nothing new can queue: the path is gone
+        if self.listening:
+            self.selector.unregister(self.listener)
+            self.listening = False
+        self.listener.close()
+        self.listener = None
+
+    def _finish(self) -> None:
+        for worker in self.workers.values():
+            worker.close()  # idle workers read end-of-file and leave
         while self.workers:
             self._reap(block=True)
+        self.selector.close()
 
-    def _accept_all(self, listener: socket.socket) -> bool:
-        """Fork a worker for each queued connection; False when it stopped at max_workers (more may wait)."""
-        while len(self.workers) < self.max_workers:
-            try:
-                conn, _ = listener.accept()
-            except (BlockingIOError, InterruptedError):
-                return True
-            self._fork(self._serve, conn, idle=False)
-            conn.close()
-        return False
-
-    def _fork(self, work, arg, idle: bool = True) -> None:
+    def _fork(self, work, *args) -> int:
+        """Fork a worker running work(*args): idle (no args; it gets a channel) or with its request."""
+        channel = child_end = None
+        if not args:
+            channel, child_end = socket.socketpair()
+            args = (child_end,)
         pid = os.fork()
         if pid == 0:
             code = 1
             try:
-                self._become_worker()
-                work(arg)
+                if channel is not None:
+                    channel.close()  # the server must hold the only copy: its close is the end of the request
+                self._become_worker(keep=args)
+                work(*args)
                 code = 0
+            except (OSError, wire.WireError, UnicodeDecodeError):
+                pass  # the client left, or sent garbage
+            except Exception:  # a bug: say where, the client reads end-of-file (code 11)
+                import traceback
+
+                traceback.print_exc()
             finally:
                 os._exit(code)
-        self.workers[pid] = idle
-        self.counters.set("workers", len(self.workers))
+        with suppress(OSError):
+            os.setpgid(pid, pid)  # as the worker does: a kill takes what it exec'd too
+        if child_end is not None:
+            child_end.close()
+            channel.settimeout(CHANNEL_TIMEOUT)
+        self.workers[pid] = Worker(channel)
+        return pid
 
     def _reap(self, block: bool = False) -> None:
-        before = len(self.workers)
         while self.workers:
             try:
                 pid, _ = os.waitpid(-1, 0 if block else os.WNOHANG)
             except ChildProcessError:
+                for worker in self.workers.values():
+                    worker.close()
                 self.workers.clear()
                 break
             if pid == 0:
                 break
-            self.workers.pop(pid, None)
+            worker = self.workers.pop(pid, None)
+            if worker is not None:
+                worker.close()  # a client whose worker died without answering reads end-of-file
             if block:
                 break
-        if len(self.workers) != before:
-            self.counters.set("workers", len(self.workers))
 
     # -- a worker ---------------------------------------------------------------
 
-    def _become_worker(self) -> None:
+    def _become_worker(self, keep: tuple) -> None:
+        """Drop the parent's state: other clients' connections must see end-of-file when their
+        worker dies, and idle workers' end-of-file is their stop signal."""
+        with suppress(OSError):
+            os.setpgid(0, 0)
         signal.set_wakeup_fd(-1)
         for signum in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, signal.SIG_DFL)
-        for fd in (self.taken_r, self.wake_r, self.wake_w):
-            os.close(fd)
-        if self.stop_w >= 0:
-            os.close(self.stop_w)  # the server must hold the only copy: its close is the stop signal
+        os.close(self.wake_r)
+        os.close(self.wake_w)
+        self.selector.close()
+        kept = {id(obj) for obj in keep}
+        socks: List[Optional[socket.socket]] = [self.listener]
+        socks += [r.conn for r in self.reading.values()] + [conn for conn, _ in self.queue]
+        for worker in self.workers.values():
+            socks += [worker.channel, worker.conn]
+        for sock in socks:
+            if sock is not None and id(sock) not in kept:
+                sock.close()
         os.chdir("/")
 
-    def _wait_for_connection(self, listener: socket.socket) -> None:
-        """An idle worker: own its memory, then take one connection, unless the server stops first."""
-        poller = select.poll()
-        poller.register(listener.fileno(), select.POLLIN)
-        poller.register(self.stop_r, select.POLLIN)
-        if not poller.poll(0):  # in a burst, serve at once: copying pages up front only pays when idle
+    def _wait_for_request(self, channel: socket.socket) -> None:
+        """An idle worker: own its memory, then serve the request the server hands over, if any."""
+        if not select.select([channel], [], [], POPULATE_AFTER)[0]:  # a request soon after: serve it at once
             own_private_pages(self.madvise)
-        while True:
-            events = poller.poll()
-            if any(fd == self.stop_r for fd, _ in events):
-                return  # the server stops (or died): leave what is queued to it
-            try:
-                conn, _ = listener.accept()
-                break
-            except (BlockingIOError, InterruptedError):
-                continue  # another idle worker was quicker
-        os.write(self.taken_w, PID.pack(os.getpid()))
-        listener.close()
-        self._serve(conn)
+        chunk, ancdata, _, _ = channel.recvmsg(1 << 16, socket.CMSG_SPACE(struct.calcsize("i")))
+        fds = array.array("i")
+        for level, kind, payload in ancdata:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                fds.frombytes(payload[:len(payload) - len(payload) % fds.itemsize])
+        if not fds:
+            return  # end of file: the server stops (or died)
+        chunks = [chunk]
+        while chunk:
+            chunk = channel.recv(1 << 20)
+            chunks.append(chunk)
+        serve_request(socket.socket(fileno=fds[0]), b"".join(chunks), self.code_id)
 
-    def _serve(self, conn: socket.socket) -> None:
-        os.close(self.stop_r)
-        os.close(self.taken_w)
-        conn.setblocking(True)
-        serve_connection(conn, self.code_id, self.netns, self.counters)
+
+def _listening(path: str) -> bool:
+    """A server accepts (or queues) connections on `path`; False for no file or a stale one."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.settimeout(1.0)
+        try:
+            probe.connect(path)
+        except (FileNotFoundError, ConnectionRefusedError):
+            return False
+        except OSError as e:
+            return e.errno in (errno.EAGAIN, None)  # a full backlog or a slow accept: alive
+        return True
+
+
+def _answer(conn: socket.socket, code: int, stdout: bytes) -> None:
+    """A short answer from the server itself (it fits the socket buffer), then close."""
+    with suppress(OSError):
+        conn.send(wire.encode_response(code, stdout))
+    conn.close()
 
 
 def _read_all(fd: int) -> bytes:
@@ -258,20 +504,30 @@ def _env_int(name: str, default: int) -> int:
     return int(os.environ.get(name) or default)
 
 
+def _env_seconds(name: str, default: float) -> float:
+    return float(os.environ.get(name) or default)
+
+
 def main(argv: Optional[list] = None) -> None:
     parser = argparse.ArgumentParser(prog="pycni-server", description="Warm node server for the pycni plugins.")
     parser.add_argument("action", nargs="?", choices=["serve", "health"], default="serve")
     parser.add_argument("--socket", default=os.environ.get(wire.SOCKET_ENV) or wire.DEFAULT_SOCKET)
     parser.add_argument("--max-workers", type=int, default=_env_int("PYCNI_SERVER_MAX_WORKERS", 64),
-                        help="requests served at once; more wait in the socket's backlog")
+                        help="requests run at once; more wait, read, in the server")
     parser.add_argument("--idle-workers", type=int, default=_env_int("PYCNI_SERVER_IDLE_WORKERS", 2),
-                        help="workers forked ahead of requests (0: fork one per connection)")
+                        help="workers forked ahead of requests (0: fork one per request)")
+    parser.add_argument("--read-timeout", type=float, default=_env_seconds("PYCNI_SERVER_READ_TIMEOUT", READ_TIMEOUT),
+                        help="seconds from accepting a connection to having its whole request; then it is dropped")
+    parser.add_argument("--run-timeout", type=float, default=_env_seconds("PYCNI_SERVER_RUN_TIMEOUT", RUN_TIMEOUT),
+                        help="seconds a request may run; then its worker (and what it exec'd) is killed "
+                             "and the client answers CNI code 11")
     opts = parser.parse_args(argv)
     if opts.action == "health":
         ok = health(opts.socket)
         print(ok or f"pycni-server not answering on {opts.socket}")
         sys.exit(0 if ok else 1)
-    Server(opts.socket, opts.max_workers, opts.idle_workers).serve_forever()
+    sys.exit(Server(opts.socket, opts.max_workers, opts.idle_workers,
+                    opts.read_timeout, opts.run_timeout).serve_forever())
 
 
 if __name__ == "__main__":
