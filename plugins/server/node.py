@@ -220,12 +220,13 @@ class Server:
 
     def _listen_for_more(self) -> None:
         """Accept while fewer than MAX_READING connections are being read; the rest wait in the backlog."""
-        want = self.listener is not None and len(self.reading) < MAX_READING
-        if want != self.listening:
+        listener = self.listener
+        want = listener is not None and len(self.reading) < MAX_READING
+        if want != self.listening and listener is not None:
             if want:
-                self.selector.register(self.listener, selectors.EVENT_READ)
+                self.selector.register(listener, selectors.EVENT_READ)
             else:
-                self.selector.unregister(self.listener)
+                self.selector.unregister(listener)
             self.listening = want
 
     def _accept_all(self) -> None:
@@ -390,7 +391,7 @@ class Server:
                 os._exit(code)
         with suppress(OSError):
             os.setpgid(pid, pid)  # as the worker does: a kill takes what it exec'd too
-        if child_end is not None:
+        if child_end is not None and channel is not None:
             child_end.close()
             channel.settimeout(CHANNEL_TIMEOUT)
         self.workers[pid] = Worker(channel)
@@ -407,9 +408,9 @@ class Server:
                 break
             if pid == 0:
                 break
-            worker = self.workers.pop(pid, None)
-            if worker is not None:
-                worker.close()  # a client whose worker died without answering reads end-of-file
+            gone: Optional[Worker] = self.workers.pop(pid, None)
+            if gone is not None:
+                gone.close()  # a client whose worker died without answering reads end-of-file
             if block:
                 break
 
