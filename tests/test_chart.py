@@ -575,16 +575,20 @@ def test_strict_validation_catches_a_typo(helm: str, k8s_versions: List[str], tm
     assert proc.returncode != 0 and "hostNetwrok" in proc.stdout
 
 
-@pytest.mark.parametrize("api_watch", [True, False])
-def test_notes_tell_how_to_check_and_edit(api_watch: bool, helm: str, tmp_path: Path) -> None:
+def install_notes(helm: str, tmp_path: Path, value: str) -> str:
+    """The NOTES a `helm install --dry-run` with `--set value` prints (no cluster needed)."""
     proc = subprocess.run(
-        [helm, "install", "pycni", str(CHART), "--namespace", NAMESPACE, "--dry-run=client",
-         "--set", f"apiWatch={str(api_watch).lower()}"],
+        [helm, "install", "pycni", str(CHART), "--namespace", NAMESPACE, "--dry-run=client", "--set", value],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "KUBECONFIG": str(tmp_path / "none")},
     )
     assert proc.returncode == 0, proc.stderr
-    notes = proc.stdout.split("NOTES:", 1)[1]
+    return proc.stdout.split("NOTES:", 1)[1]
+
+
+@pytest.mark.parametrize("api_watch", [True, False])
+def test_notes_tell_how_to_check_and_edit(api_watch: bool, helm: str, tmp_path: Path) -> None:
+    notes = install_notes(helm, tmp_path, f"apiWatch={str(api_watch).lower()}")
     assert "rollout status daemonset/pycni" in notes
     assert "/readyz" in notes
     assert "edit configmap pycni-config" in notes
@@ -722,14 +726,7 @@ def test_uninstall_manifest_is_up_to_date(helm: str) -> None:
 def test_notes_tell_how_to_uninstall(uninstall: bool, helm: str, tmp_path: Path) -> None:
     """The install's notes say that `helm uninstall` alone leaves the nodes as they are and how to
     clean them; the uninstall mode's notes say how to wait for it, then remove the release."""
-    proc = subprocess.run(
-        [helm, "install", "pycni", str(CHART), "--namespace", NAMESPACE, "--dry-run=client",
-         "--set", f"uninstall={str(uninstall).lower()}"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "KUBECONFIG": str(tmp_path / "none")},
-    )
-    assert proc.returncode == 0, proc.stderr
-    notes = proc.stdout.split("NOTES:", 1)[1]
+    notes = install_notes(helm, tmp_path, f"uninstall={str(uninstall).lower()}")
     if uninstall:
         assert "REMOVED" in notes and "rollout status daemonset/pycni" in notes and "-c uninstall" in notes
         assert "helm uninstall pycni -n kube-system" in notes and "edit configmap" not in notes
