@@ -114,7 +114,9 @@ def main() -> None:
                                 "ipam": {"subnet": "10.99.0.0/16", "dataDir": str(work / "ipam")}}).encode()
 
         def request(command: str, cid: str) -> int:
-            env = {"CNI_COMMAND": command, "CNI_CONTAINERID": cid, "CNI_NETNS": "/x", "CNI_IFNAME": "eth0",
+            # a real netns path: the server declines (runs nothing) a request whose netns it cannot open
+            env = {"CNI_COMMAND": command, "CNI_CONTAINERID": cid, "CNI_NETNS": f"/var/run/netns/{netns}",
+                   "CNI_IFNAME": "eth0",
                    "PATH": base_env["PATH"]}
             with socket.socket(socket.AF_UNIX) as s:
                 s.connect(str(sock))
@@ -133,10 +135,12 @@ def main() -> None:
               f"{server_memory(server)}")
 
         # Concurrent ADDs through the server vs the reference.
-        for name in ("reference", "pycni + server"):
+        for i, name in enumerate(("reference", "pycni + server")):
             bridge = f"bc{uuid.uuid4().hex[:8]}"
             bridges.append(bridge)
-            net = conflist("reference" if name == "reference" else "pycni", bridge, "10.210.0.0/24",
+            # a subnet each: the reference's bridge keeps its gateway address, which pycni-bridge
+            # rightly refuses to share with a bridge of its own (issue 19)
+            net = conflist("reference" if name == "reference" else "pycni", bridge, f"10.{210 + i}.0.0/24",
                            str(work / f"ipam-{name[0]}"), False)
             namespaces = [f"{netns}c{i}" for i in range(opts.concurrent)]
             for ns in namespaces:
