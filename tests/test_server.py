@@ -86,6 +86,21 @@ def test_socket_dir_and_socket_are_root_only(server) -> None:
     assert path.parent.stat().st_mode & 0o777 == 0o700
 
 
+def test_a_socket_in_a_shared_sticky_dir_leaves_that_dir_alone(tmp_path: Path) -> None:
+    """--socket /tmp/x.sock once made /tmp 0700 (other users could no longer use /tmp): the server
+    makes its own dir root-only, never a shared sticky one."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    proc = start_node_server(shared / "s.sock")
+    try:
+        assert shared.stat().st_mode & 0o7777 == 0o1777
+        assert (shared / "s.sock").stat().st_mode & 0o777 == 0o600
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
 def test_other_builds_are_declined_and_run_in_process(bin_dir: Path, server, tmp_path: Path) -> None:
     path, _ = server
     other = restamped(bin_dir / "pycni-host-local", tmp_path / "pycni-host-local", "x" * 20)

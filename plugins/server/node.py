@@ -26,6 +26,7 @@ import select
 import selectors
 import signal
 import socket
+import stat
 import struct
 import sys
 import time
@@ -129,7 +130,10 @@ class Server:
         each think they serve the node, and a takeover would make the old one's restarts take it back."""
         directory = os.path.dirname(self.socket_path) or "."
         os.makedirs(directory, mode=0o700, exist_ok=True)
-        os.chmod(directory, 0o700)  # root only: the socket runs code as root
+        # Root only: the socket runs code as root. Not a shared sticky dir such as /tmp, whose mode
+        # others rely on (the socket's own 0600 and the peer check guard a socket there).
+        if not os.stat(directory).st_mode & stat.S_ISVTX:
+            os.chmod(directory, 0o700)
         if _listening(self.socket_path):
             raise SystemExit(f"pycni-server: another server listens on {self.socket_path}: not starting")
         tmp = f"{self.socket_path}.{os.getpid()}.tmp"
