@@ -551,15 +551,17 @@ def test_client_sends_nothing_to_a_listener_that_is_not_root(bin_dir: Path) -> N
 
 # -- bursts (issue 21): correctness under the benchmark's load, not timed ------------------------
 
-@pytest.mark.parametrize("via_server,masq", [(True, False), (True, True), (False, False)],
+@pytest.mark.parametrize("via_server,masq,subnet", [(True, False, "10.247.1.0/24"), (True, True, "10.247.2.0/24"),
+                                                    (False, False, "10.247.3.0/24")],
                          ids=["server", "server-masq", "standalone"])
 def test_a_burst_of_pods_gets_distinct_addresses_and_leaves_nothing(bin_dir: Path, tmp_path: Path, server,
-                                                                     via_server: bool, masq: bool) -> None:
+                                                                     via_server: bool, masq: bool, subnet: str) -> None:
     """50 pods at once, each its own new netns, bridge + host-local ADD then DEL (as bench/burst.py):
     every call succeeds, no address is handed out twice, no lease, veth or masquerade rule is left."""
     path, _ = server
     bridge, prefix, data_dir = unique("bpb"), unique("bp"), str(tmp_path / "ipam")
-    net = conflist(False, bridge, "10.232.0.0/24", data_dir, masq)
+    # a subnet per case: cases run in parallel, and pycni-bridge refuses a gateway another bridge holds
+    net = conflist(False, bridge, subnet, data_dir, masq)
     runner = runner_for([str(bin_dir)], str(tmp_path / "cache"), str(path) if via_server else None)
     before = served(path)
     try:
