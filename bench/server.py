@@ -135,28 +135,30 @@ def main() -> None:
               f"{server_memory(server)}")
 
         # Concurrent ADDs through the server vs the reference.
-        for i, name in enumerate(("reference", "pycni + server")):
+        for index, name in enumerate(("reference", "pycni + server")):
             bridge = f"bc{uuid.uuid4().hex[:8]}"
             bridges.append(bridge)
             # a subnet each: the reference's bridge keeps its gateway address, which pycni-bridge
             # rightly refuses to share with a bridge of its own (issue 19)
-            net = conflist("reference" if name == "reference" else "pycni", bridge, f"10.{210 + i}.0.0/24",
+            net = conflist("reference" if name == "reference" else "pycni", bridge, f"10.{210 + index}.0.0/24",
                            str(work / f"ipam-{name[0]}"), False)
             namespaces = [f"{netns}c{i}" for i in range(opts.concurrent)]
-            for ns in namespaces:
-                subprocess.run(["ip", "netns", "add", ns], check=True)
-            atts = [Attachment(container_id=ns, netns=f"/var/run/netns/{ns}") for ns in namespaces]
-            start = time.perf_counter()
-            with ThreadPoolExecutor(opts.concurrent) as pool:
-                results = list(pool.map(lambda a: runners[name].add(net, a), atts))
-            wall = time.perf_counter() - start
-            addresses = {r["ips"][0]["address"] for r in results}
-            print(f"== {opts.concurrent} concurrent ADDs, {name}: {wall * 1000:.0f} ms wall, "
-                  f"{len(addresses)} distinct addresses")
-            with ThreadPoolExecutor(8) as pool:
-                list(pool.map(lambda a: runners[name].delete(net, a), atts))
-            for ns in namespaces:
-                subprocess.run(["ip", "netns", "del", ns])
+            try:
+                for ns in namespaces:
+                    subprocess.run(["ip", "netns", "add", ns], check=True)
+                atts = [Attachment(container_id=ns, netns=f"/var/run/netns/{ns}") for ns in namespaces]
+                start = time.perf_counter()
+                with ThreadPoolExecutor(opts.concurrent) as pool:
+                    results = list(pool.map(lambda a: runners[name].add(net, a), atts))
+                wall = time.perf_counter() - start
+                addresses = {r["ips"][0]["address"] for r in results}
+                print(f"== {opts.concurrent} concurrent ADDs, {name}: {wall * 1000:.0f} ms wall, "
+                      f"{len(addresses)} distinct addresses")
+                with ThreadPoolExecutor(8) as pool:
+                    list(pool.map(lambda a: runners[name].delete(net, a), atts))
+            finally:  # also when an ADD failed: the namespaces must not outlive the run
+                for ns in namespaces:
+                    subprocess.run(["ip", "netns", "del", ns], stderr=subprocess.DEVNULL)
     finally:
         for proc in (server, forking):
             proc.terminate()
