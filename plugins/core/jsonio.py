@@ -12,7 +12,7 @@ import json
 
 TYPE_CHECKING = False  # typing is not imported at run time: it costs every exec milliseconds
 if TYPE_CHECKING:
-    from typing import Any
+    from typing import Any, Iterable
 
 MAX_DEPTH = 64
 
@@ -26,8 +26,9 @@ def too_deep(value: Any, limit: int = MAX_DEPTH) -> bool:
     stack = [(value, 1)]
     while stack:
         item, depth = stack.pop()
+        children: Iterable[Any]
         if isinstance(item, dict):
-            children = list(item.values())
+            children = item.values()
         elif isinstance(item, list):
             children = item
         else:
