@@ -32,17 +32,28 @@ VARIANTS = {  # server command-line variants for --variants
     "pycni + server, --max-workers 256": ("--max-workers", "256"),
     "pycni + server, --idle-workers 0": ("--idle-workers", "0"),
     "pycni + server, --idle-workers 16": ("--idle-workers", "16"),
+    "pycni + server, a fork per request": ("--requests-per-worker", "1"),
+    "pycni + server, --max-workers 4": ("--max-workers", "4"),
 }
 
 
 def cpu_seconds(server_pid: int = 0) -> float:
     """CPU time of this process's exited children (the plugins and thin clients), or of a server
-    and its exited workers: on 2 busy cores, a burst's wall time is about its CPU time / 2."""
+    and its workers, exited or live: on 2 busy cores, a burst's wall time is about its CPU time / 2."""
     if not server_pid:
         usage = resource.getrusage(resource.RUSAGE_CHILDREN)
         return usage.ru_utime + usage.ru_stime
-    fields = open(f"/proc/{server_pid}/stat").read().rsplit(")", 1)[1].split()
-    return sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+    ticks = 0
+    for entry in os.scandir("/proc"):  # the server (with its exited workers) and its live workers
+        try:
+            fields = open(f"/proc/{entry.name}/stat").read().rsplit(")", 1)[1].split()
+        except (OSError, ValueError):
+            continue
+        if entry.name == str(server_pid):
+            ticks += sum(int(f) for f in fields[11:15])
+        elif fields[1] == str(server_pid):
+            ticks += sum(int(f) for f in fields[11:13])
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def summary(name: str, bursts: List[Burst], reference: List[Burst], cpu: List[Tuple[float, float]]) -> str:

@@ -113,9 +113,18 @@ def start_node_server(work: Path, socket_path: Path, *args: str) -> subprocess.P
 
 
 def require_built(*names: str) -> None:
+    """The zipapps exist and are built from this tree: a node server runs this tree's code and
+    declines a request from another build (the client then runs it in-process), so a stale
+    build would quietly measure the standalone path under the server's name."""
+    from pycni.plugins.core.buildinfo import own_code_id
+    from pycni.plugins.core.samebuild import stamped_plugin
+
     missing = [n for n in names if not (DIST_BIN / n).exists()]
     if missing:
         sys.exit(f"build the zipapps first (make zipapps): missing {missing}")
+    stale = [n for n in names if stamped_plugin(str(DIST_BIN / n), own_code_id()) is None]
+    if stale:
+        sys.exit(f"{stale} in {DIST_BIN} are not built from this tree's code: make zipapps")
 
 
 def as_json(data: object) -> bytes:

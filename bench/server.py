@@ -71,7 +71,7 @@ def main() -> None:
     netns = f"bsrv{uuid.uuid4().hex[:6]}"
     subprocess.run(["ip", "netns", "add", netns], check=True)
     server = start_node_server(work, sock)
-    forking = start_node_server(work, work / "forking.sock", "--idle-workers", "0")
+    forking = start_node_server(work, work / "forking.sock", "--idle-workers", "0", "--requests-per-worker", "1")
     bridges = []
     try:
         base_env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}

@@ -1,18 +1,20 @@
 """pycni-server: a warm node process that runs CNI requests handed over by the thin zipapps.
 
-The plugin code is imported once here; each request runs in a worker forked
-from this warm process, so netns switches, crashes and leaked state of one
-request never touch another or the server. A few workers are forked ahead of
-requests and wait with their memory already their own, so a request starts at
-once. Each worker serves one request and exits.
+The plugin code is imported once here; requests run in workers forked from
+this warm process, so a crash or a netns switch never touches the server. A few
+workers are forked ahead of requests and wait with their memory already their
+own, so a request starts at once. A worker serves requests one after another
+(a fork per request cost more CPU than the request) as long as each left its
+process as it found it (reuse.py); otherwise, and after its quota, it exits and
+a fresh one is forked. Workers beyond the idle target retire after a while idle.
 
 The server itself accepts and reads every request (without blocking, each
 connection against a total read deadline), so connections that trickle or
 idle cost a descriptor, never a worker; only a whole request goes to a worker,
 and a worker past the run deadline is killed (its client gets code 11).
 
-    pycni-server [--socket /run/pycni/server.sock] [--max-workers 64] [--idle-workers 2]
-                 [--read-timeout 5] [--run-timeout 20]
+    pycni-server [--socket /run/pycni/server.sock] [--max-workers 0 (4/CPU)] [--idle-workers 2]
+                 [--requests-per-worker 100] [--read-timeout 5] [--run-timeout 20]
     pycni-server health [--socket ...]      (exit 0 when the server answers)
 """
 from __future__ import annotations
@@ -37,6 +39,7 @@ from typing import Callable, Deque, Dict, List, Optional, Tuple
 from pycni.plugins.server import wire
 from pycni.plugins.core.buildinfo import own_code_id
 from pycni.plugins.core.dispatch import warm_up
+from pycni.plugins.server import reuse
 from pycni.plugins.server.memory import madvise_function, own_private_pages
 from pycni.plugins.server.request import HEALTH_PLUGIN, client_gone, declines, serve_request
 
@@ -44,6 +47,9 @@ READ_TIMEOUT = 5.0  # seconds from accept to a whole request (clients send it at
 RUN_TIMEOUT = 20.0  # seconds a request may run: below the pod's 30 s grace period, so a drain ends
 MAX_READING = 512  # connections read at once; more wait in the socket's backlog
 CHANNEL_TIMEOUT = 5.0  # handing a request to an idle worker
+REQUESTS_PER_WORKER = 100  # then the worker exits and a fresh one is forked
+IDLE_LINGER = 2.0  # seconds a worker beyond the idle target waits for another request, then retires
+READY = b"R"  # worker -> server on its channel: answered, state unchanged, ready for another
 # An idle worker copies its pages (~10 ms of CPU) only after idling this long: the youngest idle
 # worker gets the next request, and back-to-back requests (ADD then DEL) then skip the copy.
 POPULATE_AFTER = 0.05
@@ -75,21 +81,23 @@ class Reading:
 class Worker:
     """A forked worker: idle (waiting on `channel` for a request) or running one for `conn`."""
 
-    __slots__ = ("channel", "conn", "deadline")
+    __slots__ = ("channel", "conn", "deadline", "idle_since")
 
-    def __init__(self, channel: Optional[socket.socket] = None, conn: Optional[socket.socket] = None,
-                 deadline: float = 0.0) -> None:
-        self.channel, self.conn, self.deadline = channel, conn, deadline
+    def __init__(self, channel: socket.socket, now: float) -> None:
+        self.channel: Optional[socket.socket] = channel
+        self.conn: Optional[socket.socket] = None
+        self.deadline = float("inf")
+        self.idle_since = now
 
     @property
     def idle(self) -> bool:
         return self.channel is not None and self.conn is None
 
-    def close(self) -> None:
-        for sock in (self.channel, self.conn):
-            if sock is not None:
-                sock.close()
-        self.channel = self.conn = None
+    def done(self, now: float) -> None:
+        """Its request is answered (or given up): the worker is idle again."""
+        if self.conn is not None:
+            self.conn.close()
+        self.conn, self.deadline, self.idle_since = None, float("inf"), now
 
 
 class Server:
@@ -97,14 +105,16 @@ class Server:
     deadlines, keeps `idle_workers` forked workers waiting, drains on SIGTERM.
 
     It never runs a request itself, and reading one is bounded byte-counting,
-    so no input can crash it. With idle_workers=0 it forks a worker per request.
+    so no input can crash it. With idle_workers=0 it forks workers only when requests come.
     """
 
     def __init__(self, socket_path: str, max_workers: int = 64, idle_workers: int = 2,
-                 read_timeout: float = READ_TIMEOUT, run_timeout: float = RUN_TIMEOUT) -> None:
+                 read_timeout: float = READ_TIMEOUT, run_timeout: float = RUN_TIMEOUT,
+                 requests_per_worker: int = REQUESTS_PER_WORKER) -> None:
         self.socket_path = socket_path
         self.max_workers = max(1, max_workers)
         self.idle_target = max(0, min(idle_workers, self.max_workers))
+        self.requests_per_worker = max(1, requests_per_worker)
         self.read_timeout = read_timeout
         self.run_timeout = run_timeout
         self.code_id = own_code_id()
@@ -113,6 +123,7 @@ class Server:
         self.reading: Dict[int, Reading] = {}  # by descriptor
         self.queue: Deque[Tuple[socket.socket, bytes]] = deque()  # whole requests waiting for a worker
         self.served = 0
+        self.forked = 0
         self.stopping = False
         self.exit_code = 0
         self.listener: Optional[socket.socket] = None
@@ -181,6 +192,7 @@ class Server:
             now = time.monotonic()
             self._expire(now)
             self._dispatch(now)
+            self._retire_lingering(now)
             if self.stopping:
                 self._stop_listening()
                 if not (self.reading or self.queue or any(w.conn for w in self.workers.values())):
@@ -191,12 +203,14 @@ class Server:
                 self.stopping, self.exit_code = True, 1
                 continue
             while self._should_fork_idle():
-                self._fork(self._wait_for_request)
+                self._fork(now)
             for key, _ in self.selector.select(timeout=self._timeout(now)):
                 if key.fileobj is self.listener:
                     self._accept_all()
                 elif key.fileobj == self.wake_r:
                     _read_all(self.wake_r)
+                elif isinstance(key.data, Worker):
+                    self._heard_from(key.data, time.monotonic())
                 else:
                     self._read_more(key.data)
         self._finish()
@@ -293,7 +307,7 @@ class Server:
             return
         if plugin == HEALTH_PLUGIN:
             busy = sum(1 for w in self.workers.values() if w.conn is not None)
-            status = (f"ok served={self.served} workers={len(self.workers)} busy={busy} "
+            status = (f"ok served={self.served} workers={len(self.workers)} busy={busy} forked={self.forked} "
                       f"queued={len(self.queue)} reading={len(self.reading)}\n")
             _answer(conn, 0, status.encode())
             return
@@ -306,7 +320,8 @@ class Server:
     def _dispatch(self, now: float) -> None:
         """Give queued requests to idle workers, or fork workers for them, up to max_workers."""
         while self.queue:
-            idle = next((pid for pid, w in reversed(self.workers.items()) if w.idle), None)  # youngest
+            idle = max((pid for pid, w in self.workers.items() if w.idle),  # the last to finish: its pages are warm
+                       key=lambda pid: self.workers[pid].idle_since, default=None)
             if idle is None and len(self.workers) >= self.max_workers:
                 return
             conn, data = self.queue.popleft()
@@ -314,25 +329,50 @@ class Server:
                 conn.close()  # it gave up waiting: nobody would get the answer
                 continue
             if idle is None:
-                idle = self._fork(serve_request, conn, data, self.code_id)
-            elif not self._hand_over(self.workers[idle], conn, data):
+                idle = self._fork(now)  # it reads the request at once: no page copying ahead
+            if not self._hand_over(self.workers[idle], conn, data):
                 self.queue.appendleft((conn, data))
                 continue
             self.workers[idle].conn, self.workers[idle].deadline = conn, now + self.run_timeout
 
     def _hand_over(self, worker: Worker, conn: socket.socket, data: bytes) -> bool:
         """Send the request and its connection to an idle worker; False when that worker is gone."""
-        channel, worker.channel = worker.channel, None
-        assert channel is not None
+        assert worker.channel is not None
         try:
             fds = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [conn.fileno()]))]
-            sent = channel.sendmsg([data], fds)
-            channel.sendall(data[sent:])
+            sent = worker.channel.sendmsg([data], fds)
+            worker.channel.sendall(data[sent:])
             return True
         except OSError:
-            return False  # it died (reaped soon); its request goes to another
-        finally:
-            channel.close()  # end of file after the request: the worker has it all
+            self._retire(worker)  # it died (reaped soon); its request goes to another
+            return False
+
+    def _heard_from(self, worker: Worker, now: float) -> None:
+        """READY: its request is answered and it can take another; end of file: it is leaving."""
+        try:
+            said = worker.channel.recv(64) if worker.channel is not None else b""
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            said = b""
+        if said.endswith(READY):
+            worker.done(now)
+        else:
+            self._retire(worker)
+
+    def _retire(self, worker: Worker) -> None:
+        """Close its channel: an idle worker reads end of file and exits; a busy one exits after its request."""
+        if worker.channel is not None:
+            self.selector.unregister(worker.channel)
+            worker.channel.close()
+            worker.channel = None
+
+    def _retire_lingering(self, now: float) -> None:
+        """Workers idle beyond the idle target (what a burst left) exit after IDLE_LINGER."""
+        idle = sorted((w for w in self.workers.values() if w.idle), key=lambda w: w.idle_since)
+        for worker in idle[:max(0, len(idle) - self.idle_target)]:
+            if now - worker.idle_since >= IDLE_LINGER:
+                self._retire(worker)
 
     def _expire(self, now: float) -> None:
         """Drop connections past the read deadline; kill workers past the run deadline."""
@@ -346,8 +386,8 @@ class Server:
                 print(f"pycni-server: killed worker {pid}: its request ran past {self.run_timeout:g} s",
                       file=sys.stderr, flush=True)
                 _answer(worker.conn, wire.TIMED_OUT, b"")
-                worker.conn = None
-                worker.deadline = float("inf")
+                worker.done(now)
+                self._retire(worker)
 
     def _stop_listening(self) -> None:
         """On stop: unlink first (new clients run in-process), then take what already queued."""
@@ -365,25 +405,21 @@ class Server:
 
     def _finish(self) -> None:
         for worker in self.workers.values():
-            worker.close()  # idle workers read end-of-file and leave
+            self._retire(worker)  # idle workers read end-of-file and leave
         while self.workers:
             self._reap(block=True)
         self.selector.close()
 
-    def _fork(self, work, *args) -> int:
-        """Fork a worker running work(*args): idle (no args; it gets a channel) or with its request."""
-        channel = child_end = None
-        if not args:
-            channel, child_end = socket.socketpair()
-            args = (child_end,)
+    def _fork(self, now: float) -> int:
+        """Fork a worker, idle until the server hands it a request on its channel."""
+        channel, child_end = socket.socketpair()
         pid = os.fork()
         if pid == 0:
             code = 1
             try:
-                if channel is not None:
-                    channel.close()  # the server must hold the only copy: its close is the end of the request
-                self._become_worker(keep=args)
-                work(*args)
+                channel.close()  # the server must hold the only copy: its close is the worker's stop
+                self._become_worker(keep=(child_end,))
+                self._serve_requests(child_end)
                 code = 0
             except (OSError, wire.WireError, UnicodeDecodeError):
                 pass  # the client left, or sent garbage
@@ -395,10 +431,11 @@ class Server:
                 os._exit(code)
         with suppress(OSError):
             os.setpgid(pid, pid)  # as the worker does: a kill takes what it exec'd too
-        if child_end is not None and channel is not None:
-            child_end.close()
-            channel.settimeout(CHANNEL_TIMEOUT)
-        self.workers[pid] = Worker(channel)
+        child_end.close()
+        channel.settimeout(CHANNEL_TIMEOUT)
+        self.workers[pid] = worker = Worker(channel, now)
+        self.selector.register(channel, selectors.EVENT_READ, worker)
+        self.forked += 1
         return pid
 
     def _reap(self, block: bool = False) -> None:
@@ -407,16 +444,21 @@ class Server:
                 pid, _ = os.waitpid(-1, 0 if block else os.WNOHANG)
             except ChildProcessError:
                 for worker in self.workers.values():
-                    worker.close()
+                    self._gone(worker)
                 self.workers.clear()
                 break
             if pid == 0:
                 break
             gone: Optional[Worker] = self.workers.pop(pid, None)
             if gone is not None:
-                gone.close()  # a client whose worker died without answering reads end-of-file
+                self._gone(gone)
             if block:
                 break
+
+    def _gone(self, worker: Worker) -> None:
+        """A worker exited: a client it did not answer reads end of file (code 11)."""
+        self._retire(worker)
+        worker.done(0.0)
 
     # -- a worker ---------------------------------------------------------------
 
@@ -441,22 +483,48 @@ class Server:
                 sock.close()
         os.chdir("/")
 
-    def _wait_for_request(self, channel: socket.socket) -> None:
-        """An idle worker: own its memory, then serve the request the server hands over, if any."""
+    def _serve_requests(self, channel: socket.socket) -> None:
+        """A worker: serve the requests the server hands over, while each leaves this process as
+        it found it, up to its quota; return on end of file (the server retires it, or stops)."""
         if not select.select([channel], [], [], POPULATE_AFTER)[0]:  # a request soon after: serve it at once
             own_private_pages(self.madvise)
-        chunk, ancdata, _, _ = channel.recvmsg(1 << 16, socket.CMSG_SPACE(struct.calcsize("i")))
-        fds = array.array("i")
-        for level, kind, payload in ancdata:
-            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-                fds.frombytes(payload[:len(payload) - len(payload) % fds.itemsize])
-        if not fds:
-            return  # end of file: the server stops (or died)
-        chunks = [chunk]
-        while chunk:
-            chunk = channel.recv(1 << 20)
-            chunks.append(chunk)
-        serve_request(socket.socket(fileno=fds[0]), b"".join(chunks), self.code_id)
+        state, resident = reuse.snapshot(), reuse.resident_bytes()
+        for served in range(1, self.requests_per_worker + 1):
+            request = _receive(channel)
+            if request is None:
+                return
+            conn, data = request
+            with conn:
+                serve_request(conn, data, self.code_id)
+            if served == self.requests_per_worker:
+                return  # no READY: the server must not hand a request to a worker on its way out
+            why = reuse.changed(state, resident)
+            if why is not None:
+                print(f"pycni-server: worker {os.getpid()} exits: {why}", file=sys.stderr, flush=True)
+                return
+            channel.sendall(READY)
+
+
+def _receive(channel: socket.socket) -> Optional[Tuple[socket.socket, bytes]]:
+    """The next request the server hands over: its connection and its bytes; None at end of file."""
+    chunk, ancdata, _, _ = channel.recvmsg(1 << 16, socket.CMSG_SPACE(struct.calcsize("i")))
+    fds = array.array("i")
+    for level, kind, payload in ancdata:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds.frombytes(payload[:len(payload) - len(payload) % fds.itemsize])
+    if not fds:
+        return None  # end of file: the server retires this worker, stops, or died
+    conn = socket.socket(fileno=fds[0])
+    for extra in fds[1:]:
+        os.close(extra)
+    data = bytearray(chunk)
+    while len(data) < wire.HEAD_SIZE or len(data) < wire.request_size(bytes(data[:wire.HEAD_SIZE])):
+        chunk = channel.recv(1 << 20)
+        if not chunk:
+            conn.close()
+            return None
+        data += chunk
+    return conn, bytes(data)
 
 
 def _listening(path: str) -> bool:
@@ -505,6 +573,14 @@ def health(socket_path: str, timeout: float = 3.0) -> Optional[str]:
     return out.decode().strip() if code == 0 and out.startswith(b"ok") else None
 
 
+def default_max_workers() -> int:
+    """Four per usable CPU, 8 to 64. Requests are CPU work (netlink, the plugin code) with short
+    waits (locks, the kernel): beyond a few per core they only take turns, each costing a fork
+    and its copied pages; a 50-pod burst on 2 CPUs took 1.4x the reference's wall time with
+    8 workers and 1.7x with 64."""
+    return max(8, min(64, 4 * len(os.sched_getaffinity(0))))
+
+
 def _env_int(name: str, default: int) -> int:
     return int(os.environ.get(name) or default)
 
@@ -517,10 +593,14 @@ def main(argv: Optional[list] = None) -> None:
     parser = argparse.ArgumentParser(prog="pycni-server", description="Warm node server for the pycni plugins.")
     parser.add_argument("action", nargs="?", choices=["serve", "health"], default="serve")
     parser.add_argument("--socket", default=os.environ.get(wire.SOCKET_ENV) or wire.DEFAULT_SOCKET)
-    parser.add_argument("--max-workers", type=int, default=_env_int("PYCNI_SERVER_MAX_WORKERS", 64),
-                        help="requests run at once; more wait, read, in the server")
+    parser.add_argument("--max-workers", type=int, default=_env_int("PYCNI_SERVER_MAX_WORKERS", 0),
+                        help="requests run at once; more wait, read, in the server "
+                             "(0: four per CPU this server may use, 8 to 64)")
     parser.add_argument("--idle-workers", type=int, default=_env_int("PYCNI_SERVER_IDLE_WORKERS", 2),
-                        help="workers forked ahead of requests (0: fork one per request)")
+                        help="workers forked ahead of requests and kept after a burst")
+    parser.add_argument("--requests-per-worker", type=int,
+                        default=_env_int("PYCNI_SERVER_REQUESTS_PER_WORKER", REQUESTS_PER_WORKER),
+                        help="requests a worker serves before a fresh one replaces it (1: a fork per request)")
     parser.add_argument("--read-timeout", type=float, default=_env_seconds("PYCNI_SERVER_READ_TIMEOUT", READ_TIMEOUT),
                         help="seconds from accepting a connection to having its whole request; then it is dropped")
     parser.add_argument("--run-timeout", type=float, default=_env_seconds("PYCNI_SERVER_RUN_TIMEOUT", RUN_TIMEOUT),
@@ -531,8 +611,9 @@ def main(argv: Optional[list] = None) -> None:
         ok = health(opts.socket)
         print(ok or f"pycni-server not answering on {opts.socket}")
         sys.exit(0 if ok else 1)
-    sys.exit(Server(opts.socket, opts.max_workers, opts.idle_workers,
-                    opts.read_timeout, opts.run_timeout).serve_forever())
+    server = Server(opts.socket, opts.max_workers or default_max_workers(), opts.idle_workers,
+                    opts.read_timeout, opts.run_timeout, opts.requests_per_worker)
+    sys.exit(server.serve_forever())
 
 
 if __name__ == "__main__":

@@ -16,6 +16,8 @@ unprivileged, is the host's /proc/sys/net at /host/proc/sys/net (PYCNI_PROC_SYS)
       value: {{ .Values.server.maxWorkers | quote }}
     - name: PYCNI_SERVER_IDLE_WORKERS
       value: {{ .Values.server.idleWorkers | quote }}
+    - name: PYCNI_SERVER_REQUESTS_PER_WORKER
+      value: {{ .Values.server.requestsPerWorker | quote }}
     - name: PYCNI_SERVER_RUN_TIMEOUT
       value: {{ .Values.server.runTimeoutSeconds | quote }}
     {{- if not .Values.server.privileged }}
