@@ -45,7 +45,8 @@ AGENT_ENV = {
     "PYCNI_AGENT_RESYNC_SECONDS", "PYCNI_LOG_LEVEL", "PYCNI_WATCH_TIMEOUT_SECONDS", "PYCNI_DEBOUNCE_SECONDS",
     "KUBERNETES_SERVICE_HOST", "KUBERNETES_SERVICE_PORT",
 }
-SERVER_ENV = {"PYCNI_SERVER_SOCKET", "PYCNI_SERVER_MAX_WORKERS", "PYCNI_SERVER_IDLE_WORKERS", "PYCNI_SERVER_RUN_TIMEOUT"}
+SERVER_ENV = {"PYCNI_SERVER_SOCKET", "PYCNI_SERVER_MAX_WORKERS", "PYCNI_SERVER_IDLE_WORKERS",
+              "PYCNI_SERVER_REQUESTS_PER_WORKER", "PYCNI_SERVER_RUN_TIMEOUT"}
 SERVER_CAPS = ["NET_ADMIN", "SYS_ADMIN", "NET_BIND_SERVICE"]
 # Unprivileged, the server writes sysctls through the host's /proc/sys/net mounted here: the one
 # host dir not at its own path inside (the runtime's /proc/sys is read-only).
@@ -78,7 +79,8 @@ COMBOS: Dict[str, Dict[str, Any]] = {
     "server-off": {"server": {"enabled": False}},
     "agent-off": {"agent": {"enabled": False}},
     "server-and-agent-off": {"server": {"enabled": False}, "agent": {"enabled": False}},
-    "server-unprivileged": {"server": {"privileged": False, "maxWorkers": 8, "idleWorkers": 0, "runTimeoutSeconds": 9},
+    "server-unprivileged": {"server": {"privileged": False, "maxWorkers": 8, "idleWorkers": 0, "requestsPerWorker": 5,
+                                       "runTimeoutSeconds": 9},
                             "seLinux": {"enabled": True}},
     "server-privileged": {"server": {"privileged": True, "idleWorkers": 5}},
     "vxlan": {"network": {"backend": "vxlan", "vxlan": {"vni": 42, "mtu": 1400, "port": 4789},
@@ -294,8 +296,9 @@ def check_server(docs: List[Dict[str, Any]], values: Dict[str, Any]) -> None:
     for entry in values.get("extraEnv", []):
         assert env[entry["name"]] == entry.get("value", entry.get("valueFrom"))
     assert env["PYCNI_SERVER_SOCKET"] == "/run/pycni/server.sock"
-    assert env["PYCNI_SERVER_MAX_WORKERS"] == str(server.get("maxWorkers", 64))
+    assert env["PYCNI_SERVER_MAX_WORKERS"] == str(server.get("maxWorkers", 0))  # 0: four per CPU
     assert env["PYCNI_SERVER_IDLE_WORKERS"] == str(server.get("idleWorkers", 2))
+    assert env["PYCNI_SERVER_REQUESTS_PER_WORKER"] == str(server.get("requestsPerWorker", 100))
     assert env["PYCNI_SERVER_RUN_TIMEOUT"] == str(server.get("runTimeoutSeconds", 20))
     if not privileged:
         assert env["PYCNI_PROC_SYS"] + "/net" == PROC_SYS_NET
@@ -555,7 +558,8 @@ def test_network_schema_agrees_with_the_agent(case: Dict[str, Any], accepted: bo
     ["--set-json", 'conflist={"cniVersion":"1.0.0","name":"x","plugins":[]}'],
     ["--set", "image.pullPolicy=Sometimes"],
     ["--set", "server.enabled=maybe"],
-    ["--set", "server.maxWorkers=0"],
+    ["--set", "server.maxWorkers=-1"],
+    ["--set", "server.requestsPerWorker=0"],
     ["--set", "server.idleWorkers=-1"],
     ["--set", "agent.healthPort=0"],
     ["--set", "agent.nosuchkey=1"],
