@@ -517,14 +517,12 @@ def _receive(channel: socket.socket) -> Optional[Tuple[socket.socket, bytes]]:
     conn = socket.socket(fileno=fds[0])
     for extra in fds[1:]:
         os.close(extra)
-    data = bytearray(chunk)
-    while len(data) < wire.HEAD_SIZE or len(data) < wire.request_size(bytes(data[:wire.HEAD_SIZE])):
-        chunk = channel.recv(1 << 20)
-        if not chunk:
-            conn.close()
-            return None
-        data += chunk
-    return conn, bytes(data)
+    try:  # the rest of it: the server sends one whole request, then waits for READY
+        head = chunk + wire.recv_exactly(channel, max(0, wire.HEAD_SIZE - len(chunk)))
+        return conn, head + wire.recv_exactly(channel, max(0, wire.request_size(head) - len(head)))
+    except (OSError, wire.WireError):
+        conn.close()
+        raise
 
 
 def _listening(path: str) -> bool:
