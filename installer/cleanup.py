@@ -6,7 +6,7 @@ table, routes and VXLAN device; the agent sits above the installer, so its state
 remove). Each step touches only what pycni made and says what it kept and why:
 - pycni-bridge: each bridge the conflist names that pycni-bridge created (its ifalias) and that has
   no ports left, which takes its gateway addresses with it; a bridge with pods still on it stays;
-- pycni-host-local: the network's store (dataDir/<network>);
+- pycni-host-local: the network's store (dataDir/<network> and its index, dataDir/.pycni-hostlocal/<network>);
 - pycni-dns: the network's DNS server is stopped and its state dir removed.
 The conflist is read before it is removed: it names the bridges, stores and state dirs.
 """
@@ -15,11 +15,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from contextlib import suppress
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 from .log import Log
-
-HOSTLOCAL_DATA_DIR = "/var/lib/cni/networks"
 
 
 def conflist_plugins(raw: Optional[bytes]) -> Tuple[str, List[Dict[str, Any]]]:
@@ -65,9 +64,7 @@ class NodeCleanup(Steps):
                 if kind == "pycni-bridge":
                     self._step(f"bridge of {network}", self.bridge, str(plugin.get("bridge") or "cni0"))
                 if _ipam(plugin).get("type") == "pycni-host-local" and network:
-                    data_dir = str(_ipam(plugin).get("dataDir") or HOSTLOCAL_DATA_DIR)
-                    self._step(f"IPAM store of {network}", self.remove_dir, os.path.join(data_dir, network),
-                               "ipam_store")
+                    self._step(f"IPAM store of {network}", self.ipam_store, _ipam(plugin), network)
                 if kind == "pycni-dns" and network:
                     self._step(f"DNS of {network}", self.dns, plugin, network)
         return not self.failed
@@ -89,6 +86,16 @@ class NodeCleanup(Steps):
             else:
                 sock.delete_link(index=link.index)
                 self.log.info("cleanup_removed", what=f"bridge {name} (and its gateway addresses)")
+
+    def ipam_store(self, ipam: Dict[str, Any], network: str) -> None:
+        from pycni.plugins.ipam.hostlocal.config import DEFAULT_DATA_DIR
+        from pycni.plugins.ipam.hostlocal.store import Store
+
+        store = Store(str(ipam.get("dataDir") or DEFAULT_DATA_DIR), network)  # no I/O; refuses a bad name
+        self.remove_dir(store.dir, "ipam_store")
+        self.remove_dir(store.state_dir, "ipam_store")
+        with suppress(OSError):  # the index dir of all networks, once the last is gone
+            os.rmdir(os.path.dirname(store.state_dir))
 
     def remove_dir(self, path: str, what: str) -> None:
         if os.path.isdir(path) and not os.path.islink(path):

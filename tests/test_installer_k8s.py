@@ -293,6 +293,7 @@ def test_node_uninstall_removes_pycni_state_and_keeps_the_rest(node: Node, bin_d
     tables = in_netns(host, "nft", "list", "tables").stdout.decode()
     assert "pycni-agent" not in tables and "someone-else" in tables
     assert not (ipam_dir / "unnet").exists() and not (dns_dir / "unnet").exists()
+    assert not (ipam_dir / ".pycni-hostlocal").exists()  # host-local's index of both networks, then its dir
     kept = {r["what"]: r["why"] for r in log if r["event"] == "cleanup_kept"}
     assert "pods still attached" in kept[f"bridge {busy}"], kept
     assert not marker.exists()  # no --idle: exits
