@@ -46,8 +46,11 @@ class AgentCleanup(Steps):
                 kernel.delete_route(route)
                 self.log.info("cleanup_removed", what=f"route {route.dst} (pycni-agent)")
             for link in kernel.ipr.get_links():
-                if link.get("ifalias") == ALIAS:
-                    kernel.delete_link(link["index"])
+                if link.get("ifalias") != ALIAS:
+                    continue
+                device = kernel.vxlan_link(link.get("ifname"))
+                if device is not None and device.ours:  # the agent's own test: a VXLAN device with its alias
+                    kernel.delete_link(device.index)
                     self.log.info("cleanup_removed", what=f"VXLAN device {link.get('ifname')}")
         finally:
             kernel.close()
