@@ -17,6 +17,7 @@ import os
 import signal
 import subprocess
 import sys
+from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
@@ -188,6 +189,13 @@ def judge(stdout: bytes, stderr: bytes, rc: int, version: str, plugin: str) -> s
     return message[len(plugin) + 2:] if message.startswith(f"{plugin}: ") else message
 
 
+def _kill_group(proc: subprocess.Popen) -> None:
+    """Kill the check and its whole group (in its own session): a child may still hold our pipes."""
+    with suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.communicate()
+
+
 class NodeChecker:
     def __init__(self, bin_dir: Path, host_root: str, host_root_explicit: bool, host_bin_dir: str,
                  in_pod: bool, timeout: float, log: Log, runtime_path: str = RUNTIME_PATH) -> None:
@@ -229,9 +237,11 @@ class NodeChecker:
         try:
             out, err = proc.communicate(stdin, timeout=self.timeout)
         except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)  # the whole group: a child still holding our pipes too
-            proc.communicate()
+            _kill_group(proc)
             return 124, b"", f"no answer to {what} within {self.timeout:g}s".encode()
+        except BaseException:  # a stop (SIGTERM raises in here) or a bug: the check must not outlive us
+            _kill_group(proc)
+            raise
         return proc.returncode, out[:_OUTPUT_LIMIT], err[-_OUTPUT_LIMIT:]
 
     def check(self, plugins: List[str], version: str) -> Report:

@@ -8,12 +8,14 @@
 from __future__ import annotations
 
 import json
+import os
+import random
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, List
 
 import pytest
 
@@ -87,27 +89,46 @@ def test_once_refuses_an_alias_bomb_and_writes_nothing(host: Host) -> None:
     assert b"aliases" in proc.stderr
 
 
-def _hanging_binary_config(host: Host) -> None:
+def _hanging_binary_config(host: Host) -> str:
     """A conflist whose plugin binary never answers the VERSION check: the sync pass takes as long as the
-    check timeout allows (a stand-in for any pass that does not end)."""
+    check timeout allows (a stand-in for any pass that does not end). Returns the hang's sleep argument,
+    unique to this test, to find the process by."""
+    seconds = f"300.{random.randrange(10**6):06d}"
     hang = host.bin / "hang-plugin"
-    hang.write_text("#!/bin/sh\nexec sleep 300\n")
+    hang.write_text(f"#!/bin/sh\nexec sleep {seconds}\n")
     hang.chmod(0o755)
     (host.volume / "conflist.yaml").write_text(json.dumps(
         {"cniVersion": "1.0.0", "name": "hang", "plugins": [{"type": "hang-plugin"}]}))
+    return seconds
+
+
+def _hangs_running(seconds: str) -> List[int]:
+    """Live (not zombie) processes running the hang of _hanging_binary_config."""
+    found = []
+    for entry in os.scandir("/proc"):
+        try:
+            cmdline = open(f"/proc/{entry.name}/cmdline", "rb").read().split(b"\0")
+            state = open(f"/proc/{entry.name}/stat").read().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if seconds.encode() in cmdline and state != "Z":
+            found.append(int(entry.name))
+    return found
 
 
 def test_health_fails_while_a_sync_pass_is_stuck(host: Host, start: Callable[..., Installer]) -> None:
-    _hanging_binary_config(host)
+    hang = _hanging_binary_config(host)
     inst = start("--config-dir", str(host.volume), "--binary-check-timeout", "120", "--sync-stuck-seconds", "1")
     wait_until(lambda: inst.get("/healthz")[0] == 503, 20, "/healthz failing while the pass is stuck")
     code, body = inst.get("/readyz")
     assert code == 503 and "sync pass has been running" in body, body
+    assert _hangs_running(hang)
     assert inst.stop() == 0  # and SIGTERM ends it now, not after the 120 s check
+    wait_until(lambda: not _hangs_running(hang), 10, "the stuck check killed with the installer")
 
 
 def test_sigterm_ends_once_in_the_middle_of_a_pass(host: Host) -> None:
-    _hanging_binary_config(host)
+    hang = _hanging_binary_config(host)
     log = host.root / "once.log"
     with open(log, "wb") as err:
         proc = subprocess.Popen([sys.executable, "-m", "pycni.installer", "--once", *host.args(
@@ -116,7 +137,7 @@ def test_sigterm_ends_once_in_the_middle_of_a_pass(host: Host) -> None:
         try:
             wait_until(lambda: b"hang-plugin" in log.read_bytes() or b"binaries_installed" in log.read_bytes()
                        or (host.bin / "pycni-bridge").exists(), 20, "installer started its pass")
-            time.sleep(1.0)
+            wait_until(lambda: _hangs_running(hang), 20, "the pass stuck in the check")
             proc.send_signal(signal.SIGTERM)
             rc = proc.wait(timeout=10)
         finally:
@@ -124,6 +145,7 @@ def test_sigterm_ends_once_in_the_middle_of_a_pass(host: Host) -> None:
                 proc.kill()
                 proc.wait()
     assert rc != 0, log.read_text()[-2000:]
+    wait_until(lambda: not _hangs_running(hang), 10, "the stuck check killed with the installer")
 
 
 # ---------------------------------------------------------------- 12
