@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
-from helpers import REFERENCE_BIN, exec_plugin, in_netns, netns_path, plugin_env, sh, unique
+from helpers import REFERENCE_BIN, alive, exec_plugin, in_netns, netns_path, plugin_env, sh, unique
 
 SERVER_MARKER = b"pycni.plugins.meta.dns.server"
 
@@ -63,15 +63,6 @@ def kill_servers(state_dir: Path) -> None:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-
-
-def alive(pid: int) -> bool:
-    """Running and not a zombie."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def read_pid(state_dir: Path, network: str) -> Optional[int]:

@@ -77,6 +77,15 @@ def probe(port: int, path: str, host: str = "127.0.0.1", timeout: float = 5.0) -
     return resp.status_code, resp.text
 
 
+def alive(pid: int) -> bool:
+    """Running and not a zombie."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
 def unique(prefix: str = "t") -> str:
     """A short unique name, safe as a netns, link (<= 15 chars with prefix <= 6) or network name."""
     return f"{prefix}{uuid.uuid4().hex[:8]}"

@@ -19,7 +19,7 @@ from typing import Callable, List
 
 import pytest
 
-from helpers import ROOT, wait_until
+from helpers import ROOT, alive, wait_until
 from test_installer_e2e import STATIC_TEMPLATE, Host, Installer, host, run_once, start, template  # noqa: F401
 
 from pycni.installer.network import ConfigError, parse_network_config
@@ -106,12 +106,13 @@ def _hangs_running(seconds: str) -> List[int]:
     """Live (not zombie) processes running the hang of _hanging_binary_config."""
     found = []
     for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
         try:
             cmdline = open(f"/proc/{entry.name}/cmdline", "rb").read().split(b"\0")
-            state = open(f"/proc/{entry.name}/stat").read().rsplit(")", 1)[1].split()[0]
-        except (OSError, IndexError):
+        except OSError:
             continue
-        if seconds.encode() in cmdline and state != "Z":
+        if seconds.encode() in cmdline and alive(int(entry.name)):
             found.append(int(entry.name))
     return found
 
