@@ -10,7 +10,7 @@ contenders interleaved run by run, with the Go reference host-local as baseline:
 1. first exec after install: VERSION with an empty zipapp cache (the payload is
    unpacked and byte-compiled by the interpreter that runs it);
 2. warm VERSION;  3. warm pycni-host-local ADD+DEL;
-4. the prelude before/after: today's zipapp with main's prelude (no bundle check)
+4. the prelude before/after: today's zipapp with the prelude from before the bundle check
    vs this prelude, both on the node's python3: what the added `[ -x ]` costs.
 """
 from __future__ import annotations
@@ -61,10 +61,14 @@ def bin_dirs(work: Path) -> Dict[str, Path]:
     return dirs
 
 
+PRELUDE_BEFORE_BUNDLE = "48127c6^"
+
+
 def old_prelude_copy(work: Path) -> Path:
-    """pycni-host-local with main's prelude (before the bundle): same archive, other first lines."""
-    old = subprocess.run(["git", "-C", str(ROOT), "show", "main:zipapp/prelude.sh"], stdout=subprocess.PIPE,
-                         check=True).stdout
+    """pycni-host-local with the prelude from before the bundle (the parent of 48127c6, which added the
+    bundle check): same archive, other first lines. Not `main`: the bundle is on main now."""
+    old = subprocess.run(["git", "-C", str(ROOT), "show", f"{PRELUDE_BEFORE_BUNDLE}:zipapp/prelude.sh"],
+                         stdout=subprocess.PIPE, check=True).stdout
     data = (DIST_BIN / "pycni-host-local").read_bytes()
     head, archive = data[:data.index(b"PK\x03\x04")], data[data.index(b"PK\x03\x04"):]
     stamps = [line for line in head.split(b"\n") if line.startswith((b"# pycni-build: ", b"# pycni-payload: "))]
@@ -134,7 +138,7 @@ def main() -> None:
 
         old = old_prelude_copy(work)
         prelude = {"reference host-local": version(reference, lambda: ""),
-                   "main's prelude (node python3)": version(old, lambda: warm["python3"]),
+                   "prelude before the bundle (node python3)": version(old, lambda: warm["python3"]),
                    "this prelude (node python3, no bundle)": version(dirs["python3"] / "pycni-host-local",
                                                                      lambda: warm["python3"])}
         report("prelude before/after: warm VERSION", time_interleaved(prelude, runs), baseline="reference host-local")
