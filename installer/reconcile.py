@@ -182,8 +182,11 @@ class Installer:
         self.status.update(binaries_ok=True)
         runtime = self.runtime.sync(why)
         self.runtime_problem = runtime.problem
-        if runtime.installed:
-            self.manifest.pending["runtime"][str(self.runtime.base / runtime.installed)] = runtime.installed
+        installed = runtime.installed
+        installed_at = str(self.runtime.base / installed) if installed else ""
+        if installed and self.manifest.data["runtime"].get(installed_at) != installed:
+            # recorded once, as binaries are only when copied: not a manifest re-read every pass
+            self.manifest.pending["runtime"][installed_at] = installed
             if not self._flush_manifest():
                 return UNRECORDED
 
