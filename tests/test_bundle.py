@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import shutil
 import subprocess
 import sys
@@ -18,7 +19,7 @@ from typing import Dict, Iterator, List
 
 import pytest
 
-from helpers import RUNTIME_PATH, ROOT, netns_path, sh, unique
+from helpers import NODE_PYTHON, alive, RUNTIME_PATH, ROOT, netns_path, other_python, sh, unique
 from test_installer_e2e import KEY, kubelet_update, run_once
 from test_installer_nodecheck import BUSYBOX, QUIET, FakeRoot, RootedHost
 
@@ -27,7 +28,6 @@ from pycni.installer.nodecheck import NodeChecker
 from pycni.installer.runtime import CURRENT, RUNTIME_DIR, RuntimeInstaller, in_use_by_process
 from pycni.installer.state import STATE_NAME
 
-NODE_PYTHON = "/usr/bin/python3"
 NOT_CARRIED = ("test", "tkinter", "idlelib", "ensurepip", "lib2to3", "pydoc_data", "unittest", "distutils")
 
 
@@ -137,20 +137,15 @@ def test_builds_are_reproducible(bundle: Path, bin_dir: Path, tmp_path: Path) ->
     assert again["id"] == json.loads((bundle / ID_FILE).read_text())["id"], "same input, same version dir"
 
 
-PYENV = Path("/root/.pyenv/versions")
-
-
 @pytest.mark.parametrize("minor", ["3.9", "3.13"])
 def test_bundles_of_other_cpythons_run_the_plugins(minor: str, tmp_path: Path, bin_dir: Path) -> None:
     """The module set is computed per interpreter (3.13's collections.abc is an alias file, 3.12 has
     _sha2, 3.9 links libpython): a bundle of each runs pycni-host-local ADD/DEL beside the zipapp."""
-    found = sorted(PYENV.glob(f"{minor}.*/bin/python{minor}"))
-    if not found:
-        pytest.skip(f"pyenv has no Python {minor}")
+    python = other_python(minor)  # the newest patch release; skips when there is none
     bins = tmp_path / "bin"
     bins.mkdir()
     shutil.copy(bin_dir / "pycni-host-local", bins / "pycni-host-local")
-    meta = build(str(found[-1]), bins / RUNTIME_DIR / "new", zipapp_code_path(bin_dir / "pycni-dns"))
+    meta = build(python, bins / RUNTIME_DIR / "new", zipapp_code_path(bin_dir / "pycni-dns"))
     (bins / RUNTIME_DIR / "new").rename(bins / RUNTIME_DIR / str(meta["id"]))
     os.symlink(str(meta["id"]), bins / RUNTIME_DIR / CURRENT)
     conf = json.dumps({"cniVersion": "1.0.0", "name": "other", "type": "bridge", "ipam": {
@@ -237,14 +232,18 @@ def test_bare_root_gets_the_bundle_passes_the_check_and_runs_add_del(tmp_path: P
     dns, rc, err = chroot_plugin(root, "pycni-dns", dict(env, CNI_COMMAND="ADD"), dns_conf, hostns)
     assert rc == 0 and dns["dns"]["nameservers"] == ["10.79.3.1"], (dns, err)
     pid = int(next((root / "run").rglob("*.pid")).read_text())
-    assert f"/{RUNTIME_DIR}/{version}/lib/libc.so.6" in Path(f"/proc/{pid}/maps").read_text(), \
-        "the DNS server runs on the bundle (and so keeps its version from being collected)"
-    _, rc, err = chroot_plugin(root, "pycni-dns", dict(env, CNI_COMMAND="DEL"), dns_conf, hostns)
-    assert rc == 0, err
-    deadline = time.monotonic() + 10
-    while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not Path(f"/proc/{pid}").exists(), "the last DEL stops the server"
+    try:  # the server runs chrooted in the bare root: deleting namespaces would not stop it
+        assert f"/{RUNTIME_DIR}/{version}/lib/libc.so.6" in Path(f"/proc/{pid}/maps").read_text(), \
+            "the DNS server runs on the bundle (and so keeps its version from being collected)"
+        _, rc, err = chroot_plugin(root, "pycni-dns", dict(env, CNI_COMMAND="DEL"), dns_conf, hostns)
+        assert rc == 0, err
+        deadline = time.monotonic() + 10
+        while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not Path(f"/proc/{pid}").exists(), "the last DEL stops the server"
+    finally:
+        if alive(pid):  # only when the test failed before the DEL stopped it
+            os.kill(pid, signal.SIGKILL)
     for _ in range(2):  # DEL, and again: idempotent
         result, rc, err = chroot_plugin(root, "pycni-bridge", dict(env, CNI_COMMAND="DEL"), conf, hostns)
         assert rc == 0 and not result, (result, err)
