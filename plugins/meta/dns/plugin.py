@@ -23,7 +23,8 @@ from __future__ import annotations
 import ipaddress
 from pycni.plugins.core.record import FrozenRecord
 
-from pycni.plugins.meta.dns.records import DEFAULT_STATE_DIR, Entry, NetworkStore, dns_name_problem, normalize_name, parse_hostport
+from pycni.plugins.meta.dns.records import (DEFAULT_STATE_DIR, MAX_SERVER_PROCESSES, Entry, NetworkStore,
+                                            dns_name_problem, normalize_name, parse_hostport)
 from pycni.plugins.core.errors import INVALID_CONFIG, NOT_AVAILABLE, UNKNOWN_CONTAINER, CNIError
 from pycni.plugins.core.plugin import Context, Plugin
 from pycni.plugins.core.result import Result
@@ -38,7 +39,6 @@ DEFAULT_DOMAIN = "dns.pycni"
 DEFAULT_TTL = 60
 DEFAULT_RESOLV_CONF = "/etc/resolv.conf"
 PROBE_NAME = "_pycni-probe"
-MAX_SERVER_PROCESSES = 16  # server.MAX_PROCESSES (the plugin does not import the server)
 
 
 class DnsConfig(FrozenRecord):

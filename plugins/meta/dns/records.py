@@ -42,6 +42,7 @@ LOCK = "lock"
 PIDFILE = "server.pid"
 GENERATION = "generation"
 GENERATION_SIZE = 8
+MAX_SERVER_PROCESSES = 16  # serverProcesses: the plugin refuses more, the server runs no more
 LOCK_TIMEOUT_SECONDS = 30.0
 
 _LABEL = re.compile(r"^[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?$")

@@ -41,7 +41,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 from dnslib import AAAA, DNSRecord, PTR, QTYPE, RCODE, RR, SOA, A, DNSLabel
 
 from pycni.plugins.meta.dns.records import (
-    GENERATION, GENERATION_SIZE, LOCK, PIDFILE, RECORDS, Table, parse_hostport, read_records,
+    GENERATION, GENERATION_SIZE, LOCK, MAX_SERVER_PROCESSES, PIDFILE, RECORDS, Table, parse_hostport, read_records,
 )
 
 UDP_MAX = 512
@@ -55,7 +55,6 @@ REPLY_CACHE_SIZE = 4096
 CLIENT_CACHE_SIZE = 4096
 HOUSEKEEPING_SECONDS = 0.5
 BIND_RETRY_SECONDS = 2.0  # a previous server's processes may still be going away
-MAX_PROCESSES = 16
 PR_SET_PDEATHSIG = 1
 FORWARD = b""  # in Resolver's answer caches: "forward this query" (no reply is empty)
 IP_FREEBIND = 15
@@ -118,7 +117,7 @@ class Settings:
         self.port = int(raw.get("port", 53))
         self.upstreams = [parse_hostport(str(u)) for u in raw.get("upstreams") or []]
         processes = int(raw.get("processes") or 0) or default_processes()
-        self.processes = max(1, min(MAX_PROCESSES, processes))
+        self.processes = max(1, min(MAX_SERVER_PROCESSES, processes))
         self.subnets = []
         for text in raw.get("subnets") or []:
             try:
@@ -201,7 +200,7 @@ class Resolver:
     def resolve(self, data: bytes, udp: bool) -> Tuple[Optional[bytes], bool]:
         """(reply bytes or None, True when the query is to be forwarded instead)."""
         data = bytes(data)
-        if self.generation.read() != self.seen_generation:
+        if self.changed():
             self.refresh()
         replies = self.udp_replies if udp else self.tcp_replies
         key = data[2:]
