@@ -12,12 +12,10 @@ in time is CNI code 11.
 """
 import posix
 import sys
-from _struct import Struct  # already loaded by _pycni_wire
 
-from _pycni_wire import (ACCEPT_TIMEOUT, ACCEPT_TIMEOUT_ENV, ACCEPTED, ANSWER_TIMEOUT, ANSWER_TIMEOUT_ENV, DECLINED,
-                         DEFAULT_SOCKET, SOCKET_ENV, TIMED_OUT, WireError, encode_request, read_response)
+from _pycni_wire import (ACCEPT_TIMEOUT, ACCEPT_TIMEOUT_ENV, ACCEPTED, ANSWER_TIMEOUT, ANSWER_TIMEOUT_ENV, CREDS,
+                         DECLINED, DEFAULT_SOCKET, SOCKET_ENV, TIMED_OUT, WireError, encode_request, read_response)
 
-CREDS = Struct("3i")  # struct ucred: pid, uid, gid
 LOST = "lost the connection to the pycni node server after sending the request; try again later"
 
 

@@ -53,7 +53,6 @@ READY = b"R"  # worker -> server on its channel: answered, state unchanged, read
 # An idle worker copies its pages (~10 ms of CPU) only after idling this long: the youngest idle
 # worker gets the next request, and back-to-back requests (ADD then DEL) then skip the copy.
 POPULATE_AFTER = 0.05
-CREDS = struct.Struct("3i")
 
 
 def check_sysctl_root() -> None:
@@ -260,7 +259,8 @@ class Server:
         """Accept a connection from our own user (root) only; tell the client it may send."""
         conn.setblocking(False)
         try:
-            if CREDS.unpack(conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, CREDS.size))[1] != os.geteuid():
+            creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, wire.CREDS.size)
+            if wire.CREDS.unpack(creds)[1] != os.geteuid():
                 raise PermissionError("peer is not our user")
             conn.send(wire.ACCEPTED)
         except OSError:

@@ -21,6 +21,7 @@ from _struct import Struct  # struct.py only re-exports it: one file read less p
 MAGIC = b"PYCNI1"
 REQUEST_HEADER = Struct("!HII")
 RESPONSE_HEADER = Struct("!iI")
+CREDS = Struct("3i")  # struct ucred (SO_PEERCRED): pid, uid, gid; each side checks the other's uid
 ACCEPTED = b"\x06"
 DECLINED = -1
 TIMED_OUT = -2
