@@ -279,9 +279,8 @@ class Bridge(Plugin):
                 host.batch(requests)
             except nl.NetlinkError as exc:
                 if exc.errno == errno.EEXIST:
-                    if self._has_link(netns, ifname):
-                        raise LiveAttachment(ifname, netns.path) from None
-                    continue
+                    refuse_live_attachment(netns, ifname)  # the container side exists: a live attachment
+                    continue  # else the host name is taken: try the next
                 host.delete_link(name=host_name)
                 raise netlink_failure("failed to create veth pair", exc) from None
             break
@@ -315,14 +314,6 @@ class Bridge(Plugin):
             return any(link.alias.split(" ", 1)[0] == tag.prefix and link.name not in ours for link in host.links())
         except OSError:
             return True  # cannot tell: keep the lease rather than free a live one (DEL still releases it)
-
-    @staticmethod
-    def _has_link(netns, ifname: str) -> bool:
-        sock = netns.socket()
-        try:
-            return sock.link(ifname) is not None
-        finally:
-            sock.close()
 
     def _setup_container(self, netns, index: int, result: Result, cfg: BridgeConfig, ifname: str) -> None:
         from pycni.plugins.kernel import ifconfig
