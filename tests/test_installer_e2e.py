@@ -154,7 +154,9 @@ class Installer:
         return out
 
     def events(self) -> List[Dict[str, Any]]:
-        return [json.loads(line) for line in self.log_path.read_text().splitlines() if line.startswith("{")]
+        """The JSON lines logged so far: the installer may be mid-write, so the last line counts once it ends."""
+        complete = self.log_path.read_text().split("\n")[:-1]
+        return [json.loads(line) for line in complete if line.startswith("{")]
 
     def logs_text(self) -> str:
         return self.log_path.read_text()
