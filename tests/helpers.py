@@ -86,6 +86,12 @@ def alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
+def log_events(path: Path, event: Optional[str] = None) -> List[Dict[str, Any]]:
+    """The JSON lines of a plugin or server event log (none when it was never written), of one event if named."""
+    records = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+    return [r for r in records if event is None or r.get("event") == event]
+
+
 def unique(prefix: str = "t") -> str:
     """A short unique name, safe as a netns, link (<= 15 chars with prefix <= 6) or network name."""
     return f"{prefix}{uuid.uuid4().hex[:8]}"

@@ -11,7 +11,7 @@ from typing import Any, Dict, List
 
 import pytest
 
-from helpers import exec_plugin, in_netns, netns_path, plugin_env, unique
+from helpers import exec_plugin, in_netns, log_events, netns_path, plugin_env, unique
 
 SUBNET = "10.232.9.0/24"
 GATEWAY = "10.232.9.1"
@@ -34,12 +34,6 @@ def addresses(node: str, link: str) -> List[str]:
     return [f"{a['local']}/{a['prefixlen']}" for a in out[0]["addr_info"]] if out else []
 
 
-def events(log: Path, name: str) -> List[Dict[str, Any]]:
-    if not log.exists():
-        return []
-    return [r for r in map(json.loads, log.read_text().splitlines()) if r.get("event") == name]
-
-
 @pytest.fixture
 def node(make_netns) -> str:
     return make_netns("gwn")
@@ -58,7 +52,7 @@ def test_renamed_bridge_takes_the_gateway_from_the_old_empty_one(bin_dir: Path, 
     assert rc == 0, (out, err)
     assert addresses(node, old) == [] and addresses(node, new) == [f"{GATEWAY}/24"]
     assert in_netns(pod2, "ping", "-c1", "-W3", GATEWAY, check=False).returncode == 0
-    (taken,) = events(log, "gateway_taken_over")
+    (taken,) = log_events(log, "gateway_taken_over")
     assert taken["from_link"] == old and taken["bridge"] == new
 
 
@@ -87,8 +81,8 @@ def test_joining_a_bridge_with_another_subnet_is_logged(bin_dir: Path, node: str
     bridge, log = unique("gws"), tmp_path / "events"
     pod1, pod2 = make_netns("gp"), make_netns("gp")
     assert run(bin_dir, node, "ADD", pod1, "c1", conf(bridge, tmp_path, "10.233.1.0/24"), log)[1] == 0
-    assert not events(log, "bridge_other_subnet")
+    assert not log_events(log, "bridge_other_subnet")
     assert run(bin_dir, node, "ADD", pod2, "c2", conf(bridge, tmp_path, "10.233.2.0/24"), log)[1] == 0
-    (logged,) = events(log, "bridge_other_subnet")
+    (logged,) = log_events(log, "bridge_other_subnet")
     assert logged["bridge"] == bridge and logged["adding"] == "10.233.2.1/24"
     assert logged["existing"] == ["10.233.1.1/24"]

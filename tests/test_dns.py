@@ -3,7 +3,6 @@ after them, and containers query the network's server with dig from inside their
 from __future__ import annotations
 
 import concurrent.futures
-import json
 import os
 import shutil
 import struct
@@ -21,7 +20,7 @@ from dns_helpers import (
     DnsNetwork, Upstream, alive, dig, dnsperf, free_subnet, kill_servers, outsider, random_frames,
     server_pids, server_processes, tcp_frame, udp_query, wait_until, worker_pids,
 )
-from helpers import in_netns, netns_path, unique
+from helpers import in_netns, log_events, netns_path, unique
 
 pytestmark = pytest.mark.kernel
 
@@ -374,11 +373,6 @@ def test_server_starts_from_a_zipapp_run_without_a_usable_cache(make_network, tm
     assert list(cache.iterdir()) == []
 
 
-def _events(log: Path, event: str) -> list:
-    lines = log.read_text().splitlines() if log.exists() else []
-    return [json.loads(line) for line in lines if json.loads(line)["event"] == event]
-
-
 def test_unservable_pod_names_are_skipped_and_logged(make_network, tmp_path):
     """Valid Kubernetes / podman names that are no DNS names: ADD succeeds, the name is skipped."""
     net = make_network()
@@ -392,7 +386,7 @@ def test_unservable_pod_names_are_skipped_and_logged(make_network, tmp_path):
                                    _fake_prev(net, i), logFile=str(log))
             assert rc == 0, (pod, out, err)
             assert out["dns"]["nameservers"][0] == net.gateway
-    skipped = {e["dns_name"] for e in _events(log, "dns_name_skipped")}
+    skipped = {e["dns_name"] for e in log_events(log, "dns_name_skipped")}
     assert {"x" * 100, "a..b", "has space", "pöd"} <= skipped
     out, rc, err = net.dns("ADD", "good", netns_path(ns), "K8S_POD_NAME=fine", _fake_prev(net, 20))
     assert rc == 0, (out, err)
@@ -426,7 +420,7 @@ def test_authority_model(make_network, upstream, tmp_path):
     # the names are still served where they belong: under the domain
     assert dig(prod.netns, gw, f"github.com.{DOMAIN}")[1] == [str(net.subnet.network_address + 101)]
     assert dig(prod.netns, gw, f"web.prod.evil.{DOMAIN}")[1] == [str(net.subnet.network_address + 100)]
-    conflicts = _events(log, "dns_name_conflict")
+    conflicts = log_events(log, "dns_name_conflict")
     assert {(e["dns_name"], e["owner"]) for e in conflicts} >= {("web.prod", prod.container_id)}
     # prod's pod restarts (DEL, then ADD): the alias answers meanwhile, never after
     net.detach(prod)

@@ -23,7 +23,7 @@ from typing import Any, Dict, Iterator, List
 import pytest
 import yaml
 
-from helpers import ROOT, exec_plugin, in_netns, plugin_env, unique
+from helpers import ROOT, exec_plugin, in_netns, log_events, plugin_env, unique
 
 # Packaging does not change with the node server: run once, not again in the with-server pass.
 pytestmark = [pytest.mark.slow, pytest.mark.standalone_only]
@@ -396,10 +396,6 @@ def hostlocal_conf(name: str, state_dir: Path, subnet: str, plugin: str = "pycni
                      "ranges": [[{"subnet": subnet}]]}}
 
 
-def events(path: Path) -> List[Dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
-
-
 def test_image_server_answers_host_zipapps(image: str, bin_dir: Path, make_netns, host_links: List[str],
                                            tmp_path: Path, container_name: str) -> None:
     """The chart's pycni-server container answers the zipapps on the host: its probe works, an
@@ -435,7 +431,7 @@ def test_image_server_answers_host_zipapps(image: str, bin_dir: Path, make_netns
     assert [ip["address"] for ip in result["ips"]] == ["10.231.7.2/24"]
     assert (srv.state_dir / "networks" / net / "10.231.7.2").is_file()
     assert served(srv.sock) > before  # (whether health calls count is the server's business)
-    assert [e["event"] for e in events(srv.run_dir / log_name) if e["container"] == "ctr-a"] == ["reserved", "added"]
+    assert [e["event"] for e in log_events(srv.run_dir / log_name) if e["container"] == "ctr-a"] == ["reserved", "added"]
     assert not (Path(RUN_DIR) / log_name).exists()
 
     # bridge + host-local: links and sysctls in the pod's netns, nftables on the host.
@@ -447,7 +443,7 @@ def test_image_server_answers_host_zipapps(image: str, bin_dir: Path, make_netns
     assert rc == 0, (result, err, srv.logs())
     assert [ip["address"] for ip in result["ips"]] == ["10.231.8.2/24"]
     assert "10.231.8.2/24" in in_netns(ns, "ip", "-o", "addr", "show", "dev", "eth0").stdout.decode()
-    assert any(e["event"] == "added" and e["container"] == "ctr-b" for e in events(srv.run_dir / log_name))
+    assert any(e["event"] == "added" and e["container"] == "ctr-b" for e in log_events(srv.run_dir / log_name))
     ruleset = subprocess.run(["nft", "list", "ruleset"], stdout=subprocess.PIPE, text=True).stdout
     assert "10.231.8.2" in ruleset, "masquerade rules written by nft inside the container"
     result, rc, err = srv.call(bin_dir / "pycni-bridge", "DEL", bconf, "ctr-b", netns)
@@ -509,7 +505,7 @@ def test_image_server_unprivileged_writes_sysctls(proc_sys_mount: bool, image: s
     try:
         result, rc, err = srv.call(bin_dir / "pycni-bridge", "ADD", bconf, "ctr-s", netns,
                                    PYCNI_LOG_FILE=f"{RUN_DIR}/{log_name}")
-        assert events(srv.run_dir / log_name), ("the ADD did not run in the server", result, err)
+        assert log_events(srv.run_dir / log_name), ("the ADD did not run in the server", result, err)
         if not proc_sys_mount:
             assert rc != 0 and "Read-only file system" in result["msg"] and "/proc/sys/" in result["msg"], result
             return
