@@ -24,19 +24,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import DIST_BIN, REFERENCE_BIN, report, require_built, start_node_server, time_interleaved  # noqa: E402
+from burst_helpers import conflist, run_burst, runner_for  # noqa: E402  (tests/, put on sys.path by common)
 
 from pycni.plugins.server import wire  # noqa: E402
 from pycni.plugins.core.buildinfo import own_code_id  # noqa: E402
-from pycni.plugins.cli.chain import Attachment, ChainRunner, NetworkList  # noqa: E402
-
-
-def conflist(kind: str, bridge: str, subnet: str, data_dir: str, masq: bool) -> NetworkList:
-    ipam_type = "host-local" if kind == "reference" else "pycni-host-local"
-    plugin = "bridge" if kind == "reference" else "pycni-bridge"
-    conf = {"cniVersion": "1.0.0", "name": f"bench-{kind}-{int(masq)}", "plugins": [
-        {"type": plugin, "bridge": bridge, "isGateway": True, "ipMasq": masq,
-         "ipam": {"type": ipam_type, "ranges": [[{"subnet": subnet}]], "dataDir": data_dir}}]}
-    return NetworkList.parse(json.dumps(conf).encode())
+from pycni.plugins.cli.chain import Attachment  # noqa: E402
 
 
 def memory_kib(pid: int) -> dict:
@@ -74,22 +66,20 @@ def main() -> None:
     forking = start_node_server(work, work / "forking.sock", "--idle-workers", "0", "--requests-per-worker", "1")
     bridges = []
     try:
-        base_env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
-        cni_path = [str(DIST_BIN), str(REFERENCE_BIN)]
+        base_env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}  # the runners' too (burst_helpers.runner_for)
+        cni_path, cache = [str(DIST_BIN), str(REFERENCE_BIN)], str(work / "cache")
         runners = {
-            "reference": ChainRunner(cni_path, str(work / "cache"), dict(base_env, PYCNI_SERVER_SOCKET="off")),
-            "pycni standalone": ChainRunner(cni_path, str(work / "cache"), dict(base_env, PYCNI_SERVER_SOCKET="off")),
-            "pycni + server": ChainRunner(cni_path, str(work / "cache"), dict(base_env, PYCNI_SERVER_SOCKET=str(sock))),
-            "pycni + server, fork per request": ChainRunner(
-                cni_path, str(work / "cache"), dict(base_env, PYCNI_SERVER_SOCKET=str(work / "forking.sock"))),
+            "reference": runner_for(cni_path, cache, None),
+            "pycni standalone": runner_for(cni_path, cache, None),
+            "pycni + server": runner_for(cni_path, cache, str(sock)),
+            "pycni + server, fork per request": runner_for(cni_path, cache, str(work / "forking.sock")),
         }
         for masq in (True, False):
             cycles = {}
             for i, (name, runner) in enumerate(runners.items()):
                 bridge = f"bb{uuid.uuid4().hex[:8]}"
                 bridges.append(bridge)
-                net = conflist("reference" if name == "reference" else "pycni", bridge, f"10.{200 + i}.{int(masq)}.0/24",
-                               str(work / "ipam"), masq)
+                net = conflist(name == "reference", bridge, f"10.{200 + i}.{int(masq)}.0/24", str(work / "ipam"), masq)
                 att = Attachment(container_id=f"c{i}", netns=f"/var/run/netns/{netns}", ifname="eth0")
 
                 def cycle(runner=runner, net=net, att=att) -> None:
@@ -140,25 +130,12 @@ def main() -> None:
             bridges.append(bridge)
             # a subnet each: the reference's bridge keeps its gateway address, which pycni-bridge
             # rightly refuses to share with a bridge of its own (issue 19)
-            net = conflist("reference" if name == "reference" else "pycni", bridge, f"10.{210 + index}.0.0/24",
-                           str(work / f"ipam-{name[0]}"), False)
-            namespaces = [f"{netns}c{i}" for i in range(opts.concurrent)]
-            try:
-                for ns in namespaces:
-                    subprocess.run(["ip", "netns", "add", ns], check=True)
-                atts = [Attachment(container_id=ns, netns=f"/var/run/netns/{ns}") for ns in namespaces]
-                start = time.perf_counter()
-                with ThreadPoolExecutor(opts.concurrent) as pool:
-                    results = list(pool.map(lambda a: runners[name].add(net, a), atts))
-                wall = time.perf_counter() - start
-                addresses = {r["ips"][0]["address"] for r in results}
-                print(f"== {opts.concurrent} concurrent ADDs, {name}: {wall * 1000:.0f} ms wall, "
-                      f"{len(addresses)} distinct addresses")
-                with ThreadPoolExecutor(8) as pool:
-                    list(pool.map(lambda a: runners[name].delete(net, a), atts))
-            finally:  # also when an ADD failed: the namespaces must not outlive the run
-                for ns in namespaces:
-                    subprocess.run(["ip", "netns", "del", ns], stderr=subprocess.DEVNULL)
+            data_dir = str(work / f"ipam-{name[0]}")
+            net = conflist(name == "reference", bridge, f"10.{210 + index}.0.0/24", data_dir, False)
+            burst = run_burst(runners[name], net, bridge, data_dir, opts.concurrent, f"{netns}c")  # removes its netns
+            print(f"== {opts.concurrent} concurrent ADDs, {name}: {burst.add_wall * 1000:.0f} ms wall, "
+                  f"{len(burst.failures)} failures, {len(burst.duplicates)} duplicate addresses, "
+                  f"{len(burst.leftovers)} leftovers")
     finally:
         for proc in (server, forking):
             proc.terminate()
