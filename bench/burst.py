@@ -7,7 +7,9 @@ reference plugins, in one run.
 Contenders take turns burst by burst (drift hits them alike; the order rotates each round);
 each row shows the best of the rounds: ADD wall time, p95 and median per-pod ADD latency,
 DEL wall time, and the ratios to the reference; then failures, duplicate addresses and
-leftovers (leases, veths, masquerade rules) summed over all rounds. --variants adds servers
+leftovers (leases, veths, masquerade rules) summed over all rounds. Two servers always run:
+the default, where the zipapps' sh prelude hands requests over (no Python start), and one with
+--no-handoff, where each exec starts Python's thin client. --variants adds servers
 with other pool settings (where the time goes: the worker cap, workers forked ahead).
 """
 from __future__ import annotations
@@ -27,6 +29,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import DIST_BIN, REFERENCE_BIN, require_built, start_node_server  # noqa: E402
 from burst_helpers import Burst, conflist, run_burst, runner_for  # noqa: E402  (tests/, put on sys.path by common)
 
+SERVERS: Dict[str, Tuple[str, ...]] = {  # always run: the default server, and without the sh handoff
+    "pycni + server": (),
+    "pycni + server, Python client only": ("--no-handoff",),
+}
 VARIANTS = {  # server command-line variants for --variants
     "pycni + server, --max-workers 8": ("--max-workers", "8"),
     "pycni + server, --max-workers 256": ("--max-workers", "256"),
@@ -85,15 +91,12 @@ def main() -> None:
     require_built("pycni-bridge", "pycni-host-local")
     work = Path(tempfile.mkdtemp(prefix="pycni-burst-"))
     cni_path = [str(DIST_BIN), str(REFERENCE_BIN)]
-    servers = {"pycni + server": start_node_server(work, work / "server.sock")}
-    if opts.variants:
-        for i, (name, args) in enumerate(VARIANTS.items()):
-            servers[name] = start_node_server(work, work / f"v{i}.sock", *args)
+    setups = dict(SERVERS, **(VARIANTS if opts.variants else {}))
+    servers = {name: start_node_server(work, work / f"s{i}.sock", *args) for i, (name, args) in enumerate(setups.items())}
     runners = {"reference": runner_for(cni_path, str(work / "cache"), None),
                "pycni standalone": runner_for(cni_path, str(work / "cache"), None)}
     for i, name in enumerate(servers):
-        runners[name] = runner_for(cni_path, str(work / "cache"),
-                                   str(work / ("server.sock" if i == 0 else f"v{i - 1}.sock")))
+        runners[name] = runner_for(cni_path, str(work / "cache"), str(work / f"s{i}.sock"))
     tag = uuid.uuid4().hex[:4]
     try:
         for pods in (int(p) for p in opts.pods.split(",")):

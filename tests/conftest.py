@@ -54,6 +54,23 @@ def bin_dir(tmp_path_factory: pytest.TempPathFactory, plugin_cache_dir: Path) ->
 
 
 @pytest.fixture
+def start_server(tmp_path: Path) -> Iterator[Callable[..., Path]]:
+    """Start pycni-servers (extra command-line args, extra environment) on fresh socket paths; stop them after."""
+    procs: List[subprocess.Popen] = []
+
+    def start(*args: str, **environ: str) -> Path:
+        path = tmp_path / unique("srv") / "server.sock"
+        procs.append(start_node_server(path, *args, env=dict(os.environ, **environ)))
+        return path
+
+    yield start
+    for proc in procs:
+        if proc.poll() is None:
+            proc.terminate()
+        proc.wait(timeout=30)
+
+
+@pytest.fixture
 def make_netns() -> Iterator[Callable[[], str]]:
     """Factory for uniquely named network namespaces, deleted after the test (with their links)."""
     made: List[str] = []

@@ -47,7 +47,7 @@ AGENT_ENV = {
 }
 SERVER_ENV = {"PYCNI_SERVER_SOCKET", "PYCNI_SERVER_MAX_WORKERS", "PYCNI_SERVER_IDLE_WORKERS",
               "PYCNI_SERVER_REQUESTS_PER_WORKER", "PYCNI_SERVER_RUN_TIMEOUT"}
-SERVER_CAPS = ["NET_ADMIN", "SYS_ADMIN", "NET_BIND_SERVICE"]
+SERVER_CAPS = ["NET_ADMIN", "SYS_ADMIN", "NET_BIND_SERVICE", "SYS_PTRACE"]
 # Unprivileged, the server writes sysctls through the host's /proc/sys/net mounted here: the one
 # host dir not at its own path inside (the runtime's /proc/sys is read-only).
 PROC_SYS_NET = "/host/proc/sys/net"

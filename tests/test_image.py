@@ -350,12 +350,12 @@ def server_flags(pod: Dict[str, Any], stand_ins: Dict[str, Path]) -> List[str]:
     return ["--entrypoint", ctr["command"][0], *flags]
 
 
-def served(sock: Path) -> int:
+def served(sock: Path, counter: str = "served") -> int:
     from pycni.plugins.server.node import health
 
     status = health(str(sock))
     assert status, f"pycni-server not answering on {sock}"
-    return int(status.split("served=")[1].split()[0])
+    return int(status.split(f"{counter}=")[1].split()[0])
 
 
 class ServerContainer:
@@ -425,12 +425,13 @@ def test_image_server_answers_host_zipapps(image: str, bin_dir: Path, make_netns
     inside_log = {"PYCNI_LOG_FILE": f"{RUN_DIR}/{log_name}"}
     net = unique("img")
     conf = hostlocal_conf(net, srv.state_dir, "10.231.7.0/24")
-    before = served(srv.sock)
+    before, handed = served(srv.sock), served(srv.sock, "handed")
     result, rc, err = srv.call(bin_dir / "pycni-host-local", "ADD", conf, "ctr-a", netns, **inside_log)
     assert rc == 0, (result, err)
     assert [ip["address"] for ip in result["ips"]] == ["10.231.7.2/24"]
     assert (srv.state_dir / "networks" / net / "10.231.7.2").is_file()
     assert served(srv.sock) > before  # (whether health calls count is the server's business)
+    assert served(srv.sock, "handed") == handed + 1  # by the sh handoff, with the chart's capabilities
     assert [e["event"] for e in log_events(srv.run_dir / log_name) if e["container"] == "ctr-a"] == ["reserved", "added"]
     assert not (Path(RUN_DIR) / log_name).exists()
 

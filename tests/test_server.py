@@ -33,9 +33,10 @@ REQUESTS = [  # (command, stdin) pairs whose answers do not depend on the machin
 
 
 @pytest.fixture
-def server(tmp_path: Path):
+def server(tmp_path: Path, request):
+    """A server (indirect parameter: its extra command-line args)."""
     path = tmp_path / "srv" / "server.sock"
-    proc = start_node_server(path)
+    proc = start_node_server(path, *getattr(request, "param", ()))
     yield path, proc
     if proc.poll() is None:
         proc.terminate()
@@ -70,6 +71,7 @@ def call(bin_dir: Path, plugin: str, command: str, stdin: bytes, socket_path: st
     return exec_plugin(bin_dir / plugin, env, stdin)
 
 
+@pytest.mark.parametrize("server", [(), ("--no-handoff",)], indirect=True, ids=["handoff", "socket"])
 @pytest.mark.parametrize("command,stdin", REQUESTS)
 def test_answers_are_those_of_an_exec(bin_dir: Path, server, command: str, stdin: bytes) -> None:
     path, _ = server
@@ -102,6 +104,7 @@ def test_a_socket_in_a_shared_sticky_dir_leaves_that_dir_alone(tmp_path: Path) -
         proc.wait(timeout=30)
 
 
+@pytest.mark.parametrize("server", [(), ("--no-handoff",)], indirect=True, ids=["handoff", "socket"])
 def test_other_builds_are_declined_and_run_in_process(bin_dir: Path, server, tmp_path: Path) -> None:
     path, _ = server
     other = restamped(bin_dir / "pycni-host-local", tmp_path / "pycni-host-local", "x" * 20)
@@ -113,6 +116,7 @@ def test_other_builds_are_declined_and_run_in_process(bin_dir: Path, server, tmp
     assert rc == 1 and out["code"] == 6
 
 
+@pytest.mark.parametrize("server", [(), ("--no-handoff",)], indirect=True, ids=["handoff", "socket"])
 def test_clients_in_another_netns_run_in_process(bin_dir: Path, server, make_netns) -> None:
     """A plugin exec'd inside some namespace works on that namespace's host side, as an exec would."""
     path, _ = server

@@ -3,56 +3,16 @@ request leaves the worker's process as it found it (plugins/server/reuse.py)."""
 from __future__ import annotations
 
 import fcntl
-import json
-import os
 import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable, Dict, Iterator, List, Tuple
 
 import pytest
 
-from helpers import exec_plugin, plugin_env, start_node_server, unique
-from pycni.plugins.server.node import IDLE_LINGER, default_max_workers, health
-
-
-def status(path: Path) -> Dict[str, int]:
-    """The health line's counters: served, workers, busy, forked, queued, reading."""
-    line = health(str(path))
-    assert line and line.startswith("ok "), line
-    return {k: int(v) for k, v in (field.split("=") for field in line.split()[1:])}
-
-
-@pytest.fixture
-def start_server(tmp_path: Path) -> Iterator[Callable[..., Path]]:
-    procs: List[subprocess.Popen] = []
-
-    def start(*args: str, **environ: str) -> Path:
-        path = tmp_path / unique("srv") / "server.sock"
-        procs.append(start_node_server(path, *args, env=dict(os.environ, **environ)))
-        return path
-
-    yield start
-    for proc in procs:
-        proc.terminate()
-        proc.wait(timeout=30)
-
-
-def host_local(bin_dir: Path, path: Path, netns: str, data_dir: Path, subnet: str
-               ) -> Callable[[str, str], Tuple[dict, int]]:
-    """One host-local ADD or DEL through the server at `path` for container `cid`."""
-    conf = json.dumps({"cniVersion": "1.1.0", "name": "reuse", "type": "bridge",
-                       "ipam": {"type": "pycni-host-local", "dataDir": str(data_dir),
-                                "ranges": [[{"subnet": subnet}]]}}).encode()
-
-    def call(command: str, cid: str) -> Tuple[dict, int]:
-        env = plugin_env(command, f"/var/run/netns/{netns}", cid, extra={"PYCNI_SERVER_SOCKET": str(path)})
-        out, rc, _ = exec_plugin(bin_dir / "pycni-host-local", env, conf)
-        return out, rc
-
-    return call
+from server_helpers import host_local, status
+from pycni.plugins.server.node import IDLE_LINGER, default_max_workers
 
 
 def test_one_worker_serves_requests_one_after_another(bin_dir: Path, tmp_path: Path, start_server,

@@ -8,13 +8,15 @@ own, so a request starts at once. A worker serves requests one after another
 process as it found it (reuse.py); otherwise, and after its quota, it exits and
 a fresh one is forked. Workers beyond the idle target retire after a while idle.
 
+Requests come over the socket from the zipapps' Python thin client, or, without a Python
+start, handed over by their sh prelude through a spool beside the socket (handoff.py).
 The server itself accepts and reads every request (without blocking, each
 connection against a total read deadline), so connections that trickle or
 idle cost a descriptor, never a worker; only a whole request goes to a worker,
 and a worker past the run deadline is killed (its client gets code 11).
 
     pycni-server [--socket /run/pycni/server.sock] [--max-workers 0 (4/CPU)] [--idle-workers 2]
-                 [--requests-per-worker 100] [--read-timeout 5] [--run-timeout 20]
+                 [--requests-per-worker 100] [--read-timeout 5] [--run-timeout 20] [--no-handoff]
     pycni-server health [--socket ...]      (exit 0 when the server answers)
 """
 from __future__ import annotations
@@ -34,12 +36,13 @@ import sys
 import time
 from collections import deque
 from contextlib import suppress
-from typing import Callable, Deque, Dict, List, Optional, Tuple
+from typing import Callable, Deque, Dict, List, Mapping, Optional, Tuple
 
 from pycni.plugins.server import wire
 from pycni.plugins.core.buildinfo import own_code_id
 from pycni.plugins.core.dispatch import warm_up
 from pycni.plugins.server import reuse
+from pycni.plugins.server.handoff import Handoffs, Spool, handoff_supported
 from pycni.plugins.server.memory import madvise_function, own_private_pages
 from pycni.plugins.server.request import HEALTH_PLUGIN, client_gone, declines, serve_request
 
@@ -109,11 +112,12 @@ class Server:
 
     def __init__(self, socket_path: str, max_workers: int = 64, idle_workers: int = 2,
                  read_timeout: float = READ_TIMEOUT, run_timeout: float = RUN_TIMEOUT,
-                 requests_per_worker: int = REQUESTS_PER_WORKER) -> None:
+                 requests_per_worker: int = REQUESTS_PER_WORKER, handoff: bool = True) -> None:
         self.socket_path = socket_path
         self.max_workers = max(1, max_workers)
         self.idle_target = max(0, min(idle_workers, self.max_workers))
         self.requests_per_worker = max(1, requests_per_worker)
+        self.handoff = handoff and handoff_supported()
         self.read_timeout = read_timeout
         self.run_timeout = run_timeout
         self.code_id = own_code_id()
@@ -126,6 +130,7 @@ class Server:
         self.stopping = False
         self.exit_code = 0
         self.listener: Optional[socket.socket] = None
+        self.handoffs: Optional[Handoffs] = None  # requests the zipapps' sh prelude hands over
         self.listening = False
         self.socket_inode = 0
         self.checked_at = 0.0
@@ -175,6 +180,8 @@ class Server:
         self.madvise = madvise_function()
         self.listener = self.listen()
         self.listener.setblocking(False)
+        if self.handoff:
+            self.handoffs = self._open_spool()
         os.set_blocking(self.wake_r, False)
         os.set_blocking(self.wake_w, False)
         signal.set_wakeup_fd(self.wake_w)
@@ -194,7 +201,8 @@ class Server:
             self._retire_lingering(now)
             if self.stopping:
                 self._stop_listening()
-                if not (self.reading or self.queue or any(w.conn for w in self.workers.values())):
+                if not (self.reading or self.queue or any(w.conn for w in self.workers.values())
+                        or (self.handoffs and self.handoffs.in_flight())):
                     break
             elif self._socket_replaced(now):
                 print(f"pycni-server: {self.socket_path} is no longer this server's socket: stopping",
@@ -210,10 +218,22 @@ class Server:
                     _read_all(self.wake_r)
                 elif isinstance(key.data, Worker):
                     self._heard_from(key.data, time.monotonic())
+                elif callable(key.data):  # a handed-over request's descriptor, or the spool's FIFO
+                    key.data()
                 else:
                     self._read_more(key.data)
         self._finish()
         return self.exit_code
+
+    def _open_spool(self) -> Optional[Handoffs]:
+        """The sh handoff's spool beside the socket; without it every request comes over the socket."""
+        spool = Spool(self.socket_path)
+        try:
+            spool.open()
+        except OSError as e:
+            print(f"pycni-server: no sh handoff: {e}", file=sys.stderr, flush=True)
+            return None
+        return Handoffs(spool, self.selector, self._queue_handed_over, self._declines, self.read_timeout)
 
     def _stop(self, *_: object) -> None:
         self.stopping = True
@@ -221,6 +241,7 @@ class Server:
     def _timeout(self, now: float) -> float:
         deadlines = [r.deadline for r in self.reading.values()]
         deadlines += [w.deadline for w in self.workers.values() if w.conn is not None]
+        deadlines += self.handoffs.deadlines() if self.handoffs else []
         return max(0.0, min([1.0] + [d - now for d in deadlines]))
 
     def _should_fork_idle(self) -> bool:
@@ -307,8 +328,9 @@ class Server:
             return
         if plugin == HEALTH_PLUGIN:
             busy = sum(1 for w in self.workers.values() if w.conn is not None)
-            status = (f"ok served={self.served} workers={len(self.workers)} busy={busy} forked={self.forked} "
-                      f"queued={len(self.queue)} reading={len(self.reading)}\n")
+            taken, handed = (self.handoffs.taken, self.handoffs.sent) if self.handoffs else (0, 0)
+            status = (f"ok served={self.served + taken} workers={len(self.workers)} busy={busy} "
+                      f"forked={self.forked} queued={len(self.queue)} reading={len(self.reading)} handed={handed}\n")
             _answer(conn, 0, status.encode())
             return
         self.served += 1
@@ -316,6 +338,13 @@ class Server:
             _answer(conn, wire.DECLINED, b"")
             return
         self.queue.append((conn, data))
+
+    def _queue_handed_over(self, conn: socket.socket, data: bytes) -> None:
+        """A request the sh prelude handed over (handoff.py), read and checked: a worker runs it as any other."""
+        self.queue.append((conn, data))
+
+    def _declines(self, plugin: str, client_code_id: str, client_netns: str, environ: Mapping[str, str]) -> bool:
+        return declines(plugin, client_code_id, client_netns, environ, self.code_id, self.netns)
 
     def _dispatch(self, now: float) -> None:
         """Give queued requests to idle workers, or fork workers for them, up to max_workers."""
@@ -378,6 +407,8 @@ class Server:
         """Drop connections past the read deadline; kill workers past the run deadline."""
         for reading in [r for r in self.reading.values() if now >= r.deadline]:
             self._forget(reading, close=True)
+        if self.handoffs:
+            self.handoffs.expire(now)
         for pid, worker in self.workers.items():
             if worker.conn is not None and now >= worker.deadline:
                 for kill in (os.killpg, os.kill):  # the worker's group: with what it exec'd
@@ -393,6 +424,9 @@ class Server:
         """On stop: unlink first (new clients run in-process), then take what already queued."""
         if self.listener is None:
             return
+        if self.handoffs:
+            self.handoffs.withdraw()
+            self.handoffs.read_requests()
         with suppress(FileNotFoundError):
             if os.stat(self.socket_path).st_ino == self.socket_inode:  # not a newer server's socket
                 os.unlink(self.socket_path)
@@ -408,6 +442,8 @@ class Server:
             self._retire(worker)  # idle workers read end-of-file and leave
         while self.workers:
             self._reap(block=True)
+        if self.handoffs:
+            self.handoffs.spool.close()
         self.selector.close()
 
     def _fork(self, now: float) -> int:
@@ -473,6 +509,8 @@ class Server:
         os.close(self.wake_r)
         os.close(self.wake_w)
         self.selector.close()
+        if self.handoffs:
+            self.handoffs.close_in_worker()
         kept = {id(obj) for obj in keep}
         socks: List[Optional[socket.socket]] = [self.listener]
         socks += [r.conn for r in self.reading.values()] + [conn for conn, _ in self.queue]
@@ -604,13 +642,16 @@ def main(argv: Optional[list] = None) -> None:
     parser.add_argument("--run-timeout", type=float, default=_env_seconds("PYCNI_SERVER_RUN_TIMEOUT", RUN_TIMEOUT),
                         help="seconds a request may run; then its worker (and what it exec'd) is killed "
                              "and the client answers CNI code 11")
+    parser.add_argument("--no-handoff", action="store_true", default=os.environ.get("PYCNI_SERVER_HANDOFF") == "off",
+                        help="no spool for the zipapps' sh handoff (handoff.py): every request comes over the "
+                             "socket, from a Python start")
     opts = parser.parse_args(argv)
     if opts.action == "health":
         ok = health(opts.socket)
         print(ok or f"pycni-server not answering on {opts.socket}")
         sys.exit(0 if ok else 1)
     server = Server(opts.socket, opts.max_workers or default_max_workers(), opts.idle_workers,
-                    opts.read_timeout, opts.run_timeout, opts.requests_per_worker)
+                    opts.read_timeout, opts.run_timeout, opts.requests_per_worker, not opts.no_handoff)
     sys.exit(server.serve_forever())
 
 

@@ -63,6 +63,9 @@ unprivileged, is the host's /proc/sys/net at /host/proc/sys/net (PYCNI_PROC_SYS)
         - SYS_ADMIN
         # pycni-dns's per-network DNS servers listen on port 53
         - NET_BIND_SERVICE
+        # the zipapps' sh handoff: the server reads a plugin's environment and stdin and writes
+        # its stdout through /proc/<pid> (the plugin, run by the runtime, has more capabilities)
+        - SYS_PTRACE
     seccompProfile:
       type: RuntimeDefault
     {{- if .Values.seLinux.enabled }}
