@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Dict, List, Tuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import DIST_BIN, REFERENCE_BIN, require_built, start_node_server  # noqa: E402
+from common import DIST_BIN, REFERENCE_BIN, require_built, run_dir, start_node_server  # noqa: E402
 from burst_helpers import Burst, conflist, run_burst, runner_for  # noqa: E402  (tests/, put on sys.path by common)
 
 SERVERS: Dict[str, Tuple[str, ...]] = {  # always run: the default server, and without the sh handoff
@@ -92,11 +92,12 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="pycni-burst-"))
     cni_path = [str(DIST_BIN), str(REFERENCE_BIN)]
     setups = dict(SERVERS, **(VARIANTS if opts.variants else {}))
-    servers = {name: start_node_server(work, work / f"s{i}.sock", *args) for i, (name, args) in enumerate(setups.items())}
+    run = run_dir()
+    servers = {name: start_node_server(work, run / f"s{i}.sock", *args) for i, (name, args) in enumerate(setups.items())}
     runners = {"reference": runner_for(cni_path, str(work / "cache"), None),
                "pycni standalone": runner_for(cni_path, str(work / "cache"), None)}
     for i, name in enumerate(servers):
-        runners[name] = runner_for(cni_path, str(work / "cache"), str(work / f"s{i}.sock"))
+        runners[name] = runner_for(cni_path, str(work / "cache"), str(run / f"s{i}.sock"))
     tag = uuid.uuid4().hex[:4]
     try:
         for pods in (int(p) for p in opts.pods.split(",")):
@@ -127,7 +128,7 @@ def main() -> None:
         for proc in servers.values():
             proc.terminate()
             proc.wait()
-        subprocess.run(["rm", "-rf", str(work)])
+        subprocess.run(["rm", "-rf", str(work), str(run)])
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
@@ -103,6 +104,12 @@ def node_python_path(work: Path) -> str:
         if not link.exists():
             link.symlink_to(target)
     return str(tree)
+
+
+def run_dir() -> Path:
+    """A fresh directory for node server sockets and spools on tmpfs, as a node's /run is (the
+    sh handoff creates and removes a file per request there; the caller removes the directory)."""
+    return Path(tempfile.mkdtemp(prefix="pycni-bench-run-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None))
 
 
 def start_node_server(work: Path, socket_path: Path, *args: str) -> subprocess.Popen:

@@ -23,7 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import DIST_BIN, REFERENCE_BIN, report, require_built, start_node_server, time_interleaved  # noqa: E402
+from common import DIST_BIN, REFERENCE_BIN, report, require_built, run_dir, start_node_server, time_interleaved  # noqa: E402
 from burst_helpers import conflist, run_burst, runner_for  # noqa: E402  (tests/, put on sys.path by common)
 
 from pycni.plugins.server import wire  # noqa: E402
@@ -59,11 +59,12 @@ def main() -> None:
     opts = parser.parse_args()
     require_built("pycni-bridge", "pycni-host-local")
     work = Path(tempfile.mkdtemp(prefix="pycni-bench-"))
-    sock = work / "server.sock"
+    run = run_dir()
+    sock = run / "server.sock"
     netns = f"bsrv{uuid.uuid4().hex[:6]}"
     subprocess.run(["ip", "netns", "add", netns], check=True)
     server = start_node_server(work, sock)
-    forking = start_node_server(work, work / "forking.sock", "--idle-workers", "0", "--requests-per-worker", "1")
+    forking = start_node_server(work, run / "forking.sock", "--idle-workers", "0", "--requests-per-worker", "1")
     bridges = []
     try:
         base_env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}  # the runners' too (burst_helpers.runner_for)
@@ -72,7 +73,7 @@ def main() -> None:
             "reference": runner_for(cni_path, cache, None),
             "pycni standalone": runner_for(cni_path, cache, None),
             "pycni + server": runner_for(cni_path, cache, str(sock)),
-            "pycni + server, fork per request": runner_for(cni_path, cache, str(work / "forking.sock")),
+            "pycni + server, fork per request": runner_for(cni_path, cache, str(run / "forking.sock")),
         }
         for masq in (True, False):
             cycles = {}
@@ -143,7 +144,7 @@ def main() -> None:
         subprocess.run(["ip", "netns", "del", netns])
         for bridge in bridges:
             subprocess.run(["ip", "link", "del", bridge], stderr=subprocess.DEVNULL)
-        subprocess.run(["rm", "-rf", str(work)])
+        subprocess.run(["rm", "-rf", str(work), str(run)])
 
 
 if __name__ == "__main__":

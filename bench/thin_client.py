@@ -1,28 +1,36 @@
-"""Thin client cost: one zipapp exec handing its request to a node server that answers at once.
+"""Thin client cost: one zipapp exec handing its request to a node server.
 
 `python3 bench/thin_client.py [--runs N] [--bin DIR]` (build first: make zipapps).
 
-A fake server on a unix socket in /tmp answers every request immediately, so
-the figures are the client's own cost: interpreter start, the launcher, the
-wire round trip. Compared in the same run with a bare `python3 -I -S -c pass`
-(the floor any Python client pays) and the Go reference bridge answering
-VERSION (an exec that does no work), with the build's cache dir present
-(warm) and absent (a node where the server always answers never unpacks).
+1. The Python thin client: a fake server on a unix socket in /tmp answers every
+   request immediately, so the figures are the client's own cost: interpreter
+   start, the launcher, the wire round trip. Compared in the same run with a bare
+   `python3 -I -S -c pass` (the floor any Python client pays) and the Go reference
+   bridge answering VERSION (an exec that does no work), with the build's cache dir
+   present (warm) and absent (a node where the server always answers never unpacks).
+2. The sh handoff against the Python client, both to a real pycni-server (one with
+   --no-handoff for the Python client) running host-local STATUS, a request that
+   does almost nothing: wall time and the CPU the exec'd processes used (the sh,
+   its watchdog sleep, or Python), per call.
 """
 from __future__ import annotations
 
 import argparse
+import json
+import resource
 import shutil
 import socket
 import subprocess
 import sys
 import tempfile
 import threading
+import time
 from pathlib import Path
 from typing import Callable, Dict, List
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import DIST_BIN, NODE_PYTHON, REFERENCE_BIN, median, report, require_built, runtime_env, time_runs  # noqa: E402
+from common import (DIST_BIN, NODE_PYTHON, REFERENCE_BIN, median, report, require_built, runtime_env,  # noqa: E402
+                    run_dir, start_node_server, time_runs)
 
 from pycni.plugins.server import wire  # noqa: E402
 
@@ -66,6 +74,45 @@ def thin_rows(binary: Path, label: str, sock_path: Path, work: Path) -> Dict[str
     }
 
 
+def cpu_ms() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return (usage.ru_utime + usage.ru_stime) * 1000
+
+
+def handoff_rows(binary: Path, work: Path, runs: int) -> None:
+    """Section 2: the sh handoff and the Python client against real servers, interleaved."""
+    conf = json.dumps({"cniVersion": "1.1.0", "name": "bench", "type": "bridge", "ipam": {
+        "type": "pycni-host-local", "dataDir": str(work / "ipam"), "ranges": [[{"subnet": "10.249.0.0/24"}]]}}).encode()
+    run = run_dir()
+    servers = {"sh handoff": (run / "handoff.sock", ()), "Python thin client": (run / "python.sock", ("--no-handoff",))}
+    procs = [start_node_server(work, sock, *args) for sock, args in servers.values()]
+    try:
+        walls: Dict[str, List[float]] = {name: [] for name in servers}
+        cpus: Dict[str, List[float]] = {name: [] for name in servers}
+        for i in range(runs + 2):
+            for name, (sock, _) in servers.items():
+                env = {**runtime_env("STATUS"), "PYCNI_SERVER_SOCKET": str(sock)}
+                before = cpu_ms()
+                started = time.perf_counter()
+                proc = subprocess.run([str(binary)], input=conf, env=env, cwd="/", capture_output=True)
+                wall = (time.perf_counter() - started) * 1000
+                if proc.returncode != 0:
+                    raise RuntimeError(f"STATUS via {name} failed: {proc.stdout!r} {proc.stderr[-300:]!r}")
+                if i >= 2:  # the first two warm up
+                    walls[name].append(wall)
+                    cpus[name].append(cpu_ms() - before)
+        report("host-local STATUS through a real pycni-server: wall time per exec", walls, baseline="Python thin client")
+        for name in servers:
+            print(f"  {name:<42} CPU of the exec'd processes: median {median(cpus[name]):.2f} ms")
+        print(f"  CPU ratio: x{median(cpus['sh handoff']) / median(cpus['Python thin client']):.2f} "
+              f"sh handoff vs Python thin client")
+    finally:
+        for proc in procs:
+            proc.terminate()
+            proc.wait()
+        shutil.rmtree(run, ignore_errors=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=40)
@@ -101,6 +148,9 @@ def main() -> None:
                       f"x{median(times[name]) / median(times[go]):.2f} vs {go}")
         if any(p.name.endswith("no-cache") for p in work.iterdir()):
             print("  note: a thin client created its cache dir; the thin path should unpack nothing")
+        if args.bin == str(DIST_BIN):
+            require_built("pycni-host-local")
+            handoff_rows(Path(args.bin) / "pycni-host-local", work, args.runs)
     finally:
         listener.shutdown(socket.SHUT_RDWR)
         listener.close()

@@ -54,7 +54,14 @@ Declines = Callable[[str, str, str, Mapping[str, str]], bool]  # plugin, code id
 
 
 def handoff_supported() -> bool:
-    return hasattr(os, "pidfd_open") and hasattr(signal, "pidfd_send_signal")
+    """Python >= 3.9 on Linux >= 5.3: pidfds, which the handoff signals through."""
+    if not (hasattr(os, "pidfd_open") and hasattr(signal, "pidfd_send_signal")):
+        return False
+    try:
+        os.close(os.pidfd_open(os.getpid()))
+    except OSError:
+        return False
+    return True
 
 
 def _read_file(name: str, dir_fd: Optional[int] = None, limit: int = 1 << 16) -> bytes:
@@ -87,6 +94,7 @@ def own_start() -> int:
 
 
 def _euid(proc: int) -> int:
+    """The effective uid from status: the owner of /proc/<pid> is root for a non-dumpable process."""
     for line in _read_file("status", proc).splitlines():
         if line.startswith(b"Uid:"):
             return int(line.split()[2])
@@ -280,6 +288,7 @@ class Handoffs:
         self.taken = 0  # requests taken over, declined ones included (as the server counts socket requests)
         self.sent = 0  # of those, the ones sent to a worker
         self.euid = os.geteuid()
+        self.withdrawn = False
         self.listening = False
         self._listen()
 
@@ -347,11 +356,15 @@ class Handoffs:
             self.taken += 1
             self.selector.register(handoff.pidfd, selectors.EVENT_READ, lambda: self._gone(handoff))
             self._prepare(handoff, proc, plugin, code_id)
-        except (OSError, ValueError, IndexError):
-            if key in self.clients:
-                self._finish(handoff, wire.DECLINED, b"")  # nothing consumed yet: it may run in-process
-            else:
+        except (OSError, ValueError, IndexError) as e:
+            if isinstance(e, PermissionError):
+                self._withdraw_for_good(e)
+            if key not in self.clients:
                 handoff.close_fds()
+            elif not handoff.request:  # nothing of its stdin consumed: it may still run in-process
+                self._finish(handoff, wire.DECLINED, b"")
+            elif not handoff.answered:
+                self._finish(handoff, 1, _error_result(bytes(handoff.request), f"{LOST} ({e})"))
         finally:
             os.close(proc)
 
@@ -377,6 +390,16 @@ class Handoffs:
             return
         handoff.deadline = _now() + self.read_timeout
         self.selector.register(stdin, selectors.EVENT_READ, lambda: self._read_stdin(handoff))
+        self._read_stdin(handoff)  # the runtime wrote it before exec, as a rule: no wait for the selector
+
+    def _withdraw_for_good(self, error: OSError) -> None:
+        """This server may not read its clients' /proc (no SYS_PTRACE, or a security module says
+        no): new clients use the socket instead; what is in the FIFO is declined as it comes."""
+        if not self.withdrawn:
+            self.withdrawn = True
+            self.spool.withdraw()
+            print(f"pycni-server: no sh handoff: {error} (the chart's unprivileged server needs SYS_PTRACE); "
+                  "the zipapps use the socket", file=sys.stderr, flush=True)
 
     def _rewatch(self, key: Key, watchdog: int) -> None:
         """The client waits on a new watchdog (its accept deadline passed): kill it once answered.
@@ -418,18 +441,21 @@ class Handoffs:
     # -- the request's way through ---------------------------------------------------
 
     def _read_stdin(self, handoff: Handoff) -> None:
-        try:
-            chunk = os.read(handoff.stdin, 1 << 16)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
-            chunk = b""
-        if chunk:
+        """Read what the pipe holds; at end of file, send the request on."""
+        while True:
+            try:
+                chunk = os.read(handoff.stdin, 1 << 16)
+            except (BlockingIOError, InterruptedError):
+                return  # the runtime writes more later
+            except OSError:
+                chunk = b""
+            if not chunk:
+                break
             handoff.request += chunk
             if len(handoff.request) > wire.MAX_STDIN:
                 self._stdin_done(handoff)
                 self._finish(handoff, 1, _error_result(b"", STDIN_UNREAD))
-            return
+                return
         self._stdin_done(handoff)
         try:
             self._send(handoff)

@@ -340,8 +340,10 @@ class Server:
         self.queue.append((conn, data))
 
     def _queue_handed_over(self, conn: socket.socket, data: bytes) -> None:
-        """A request the sh prelude handed over (handoff.py), read and checked: a worker runs it as any other."""
+        """A request the sh prelude handed over (handoff.py), read and checked: a worker runs it as any other,
+        starting now (a burst's other lines wait in the FIFO meanwhile)."""
         self.queue.append((conn, data))
+        self._dispatch(time.monotonic())
 
     def _declines(self, plugin: str, client_code_id: str, client_netns: str, environ: Mapping[str, str]) -> bool:
         return declines(plugin, client_code_id, client_netns, environ, self.code_id, self.netns)
