@@ -282,6 +282,22 @@ def test_a_spool_not_ours_or_a_dead_servers_is_passed_by(bin_dir: Path, tmp_path
     assert status(path)["handed"] - before["handed"] == 1
 
 
+def test_files_of_gone_clients_are_swept_while_live_ones_stay(setup) -> None:
+    """A running server removes answer files nobody will remove (a previous server's takes whose
+    clients are gone) every few seconds, and never the file of a live process."""
+    path, _, _ = setup()
+    live = subprocess.Popen(["sleep", "60"])
+    try:
+        live_name = f"{live.pid}." + open(f"/proc/{live.pid}/stat").read().rsplit(")", 1)[1].split()[19]
+        for name in ("4194303.1", live_name):
+            (spool(path) / name).touch()
+        wait_until(lambda: spool_files(path) == [live_name], timeout=20, what="the gone client's file swept")
+    finally:
+        live.kill()
+        live.wait()
+    wait_until(lambda: spool_files(path) == [], timeout=20, what="the file swept once its process is gone")
+
+
 def test_lines_naming_other_processes_are_ignored(tmp_path: Path, setup) -> None:
     """A line for another user's process, or with a start time that is not the process's, is
     not taken: no answer file, nothing signalled."""
@@ -290,7 +306,8 @@ def test_lines_naming_other_processes_are_ignored(tmp_path: Path, setup) -> None
                                "sleep", "60"])
     mine = subprocess.Popen(["sleep", "60"])
     try:
-        wait_until(lambda: b"sleep" in open(f"/proc/{victim.pid}/cmdline", "rb").read(), what="setpriv's exec")
+        wait_until(lambda: open(f"/proc/{victim.pid}/cmdline", "rb").read().startswith(b"sleep\0"),
+                   what="setpriv's exec of sleep, as nobody")
         start = open(f"/proc/{victim.pid}/stat").read().rsplit(")", 1)[1].split()[19]
         own_start = open(f"/proc/{mine.pid}/stat").read().rsplit(")", 1)[1].split()[19]
         before = status(path)

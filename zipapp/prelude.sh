@@ -23,9 +23,10 @@ pycni_handoff() {
 	# The server opens stdin and stdout as fds 3 and 4: a builtin's redirection (the printf below)
 	# swaps fd 1 for a moment. A closed stdin fails this, and the server declines then.
 	{ command exec 3<&0 4>&1; } 2>/dev/null
+	d=1
 	sleep "${PYCNI_SERVER_ACCEPT_TIMEOUT:-5}" </dev/null >/dev/null 2>&1 3<&- 4>&- &
 	w=$!
-	printf '%s %s %s @PLUGIN@ @CODE_ID@\n' $$ "$t" $w 2>/dev/null 1<>"$q" || { kill $w; return 1; }
+	printf '%s %s %s @PLUGIN@ @CODE_ID@\n' $$ "$t" $w 2>/dev/null 1<>"$q" || { kill $w; wait $w; return 1; } 2>/dev/null
 	{ wait $w; } 2>/dev/null # dash reports the killed sleep otherwise
 	pycni_answered && exit "$c"
 	[ "$c" = D ] && pycni_in_process && return 1
@@ -49,8 +50,9 @@ pycni_answered() { # the answer file holds the exit code (the result is in stdou
 pycni_in_process() { # the server had its chance: the Python client must not wait for it again
 	export PYCNI_SERVER_SOCKET=off
 }
+d=
 pycni_handoff
-exec 3<&- 4>&-
+[ -z "$d" ] || exec 3<&- 4>&- # the copies of stdin and stdout are the handoff's, not Python's
 # fd 9 pins this very file, so an installer renaming a new build over it mid-start is harmless.
 # Importing the launcher straight from the archive skips runpy (8 ms of imports on every exec);
 # <cache tag>/ inside it holds the launcher's bytecode for this interpreter, if the build made some.

@@ -34,7 +34,7 @@ import socket
 import stat
 import sys
 from contextlib import suppress
-from typing import Callable, Dict, List, Mapping, Optional, Tuple
+from typing import Callable, Container, Dict, List, Mapping, Optional, Tuple
 
 from pycni.plugins.server import wire
 
@@ -43,6 +43,7 @@ STDIN_COPY, STDOUT_COPY = 3, 4  # the client's copies of its fds 0 and 1 (zipapp
 MAX_LINE = 512
 PID_LIMIT = 1 << 22  # the kernel's pid_max can be at most 4194304
 MAX_IN_FLIGHT = 256  # taken and not yet answered; beyond, requests wait in the FIFO (~5 fds each)
+SWEEP_EVERY = 5.0  # seconds between looks for answer files nobody will remove
 WRITE_TIMEOUT = 5.0  # seconds for the client's runtime to take the result out of the stdout pipe
 LOST = "lost the request in the pycni node server after taking it; try again later"
 STOPPED = "the pycni node server stopped this request at its run deadline; try again later"
@@ -216,11 +217,12 @@ class Spool:
         os.replace(tmp, self.fifo)
         self._write_atomically("server", f"{os.getpid()} {own_start()}\n")
 
-    def sweep(self) -> None:
-        """Remove answer files whose client is gone (a client still waiting keeps its own)."""
+    def sweep(self, known: Container[str] = ()) -> None:
+        """Remove answer files whose client is gone (a client still waiting keeps its own); `known`:
+        names this server tracks itself."""
         for name in os.listdir(self.path):
             pid, dot, start = name.partition(".")
-            if not (dot and pid.isdigit() and start.isdigit()):
+            if not (dot and pid.isdigit() and start.isdigit()) or name in known:
                 continue
             try:
                 proc = os.open(f"/proc/{pid}", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -289,6 +291,7 @@ class Handoffs:
         self.sent = 0  # of those, the ones sent to a worker
         self.euid = os.geteuid()
         self.withdrawn = False
+        self.swept_at = _now()
         self.listening = False
         self._listen()
 
@@ -554,6 +557,13 @@ class Handoffs:
 
     def deadlines(self) -> List[float]:
         return [h.deadline for h in self.clients.values() if h.deadline != float("inf")]
+
+    def sweep_now_and_then(self, now: float) -> None:
+        """Every SWEEP_EVERY seconds, remove answer files of clients that are gone and that this
+        server does not track: a previous server's takes, lines lost with its FIFO."""
+        if now >= self.swept_at + SWEEP_EVERY:
+            self.swept_at = now
+            self.spool.sweep(known={os.path.basename(h.answer_path) for h in self.clients.values()})
 
     def expire(self, now: float) -> None:
         """A stdin not read by the read deadline, or a result the runtime did not take in time."""

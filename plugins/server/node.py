@@ -411,6 +411,7 @@ class Server:
             self._forget(reading, close=True)
         if self.handoffs:
             self.handoffs.expire(now)
+            self.handoffs.sweep_now_and_then(now)
         for pid, worker in self.workers.items():
             if worker.conn is not None and now >= worker.deadline:
                 for kill in (os.killpg, os.kill):  # the worker's group: with what it exec'd
