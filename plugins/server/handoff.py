@@ -483,12 +483,9 @@ class Handoffs:
 
     def _read_answer(self, handoff: Handoff) -> None:
         assert handoff.relay is not None
-        try:
-            chunk = handoff.relay.recv(1 << 16)
-        except (BlockingIOError, InterruptedError):
+        chunk = wire.recv_nowait(handoff.relay)
+        if chunk is None:
             return
-        except OSError:
-            chunk = b""
         handoff.response += chunk
         size = wire.RESPONSE_HEADER.size
         code, length = wire.RESPONSE_HEADER.unpack(handoff.response[:size]) if len(handoff.response) >= size else (0, -1)

@@ -292,12 +292,9 @@ class Server:
         self.selector.register(conn, selectors.EVENT_READ, reading)
 
     def _read_more(self, reading: Reading) -> None:
-        try:
-            chunk = reading.conn.recv(1 << 16)
-        except (BlockingIOError, InterruptedError):
+        chunk = wire.recv_nowait(reading.conn)
+        if chunk is None:
             return
-        except OSError:
-            chunk = b""
         if not chunk:  # the client left before sending a whole request
             self._forget(reading, close=True)
             return

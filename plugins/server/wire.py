@@ -72,6 +72,16 @@ def recv_exactly(sock, size):
     return b"".join(chunks)
 
 
+def recv_nowait(sock):
+    """What a non-blocking socket holds (up to 64 KiB): None when nothing yet, b"" at end of file or on an error."""
+    try:
+        return sock.recv(1 << 16)
+    except (BlockingIOError, InterruptedError):
+        return None
+    except OSError:
+        return b""
+
+
 HEAD_SIZE = len(MAGIC) + REQUEST_HEADER.size
 
 
