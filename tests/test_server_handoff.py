@@ -367,3 +367,19 @@ def test_the_charts_capabilities_suffice(bin_dir: Path, tmp_path: Path, make_net
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_the_server_raises_its_soft_descriptor_limit(tmp_path: Path) -> None:
+    """A burst holds a few descriptors per request in flight; a runtime may start the container
+    with a soft limit of 1024: the server lifts it to the hard limit."""
+    wrapper = tmp_path / "python-with-1024-fds"
+    wrapper.write_text(f'#!/bin/sh\nexec prlimit --nofile=1024:8192 {sys.executable} "$@"\n')
+    wrapper.chmod(0o755)
+    path = tmp_path / "srv" / "server.sock"
+    proc = start_node_server(path, python=str(wrapper))
+    try:
+        limits = Path(f"/proc/{server_pid(path)}/limits").read_text().splitlines()
+        assert [line.split()[3:5] for line in limits if line.startswith("Max open files")] == [["8192", "8192"]]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

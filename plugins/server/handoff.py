@@ -43,6 +43,7 @@ STDIN_COPY, STDOUT_COPY = 3, 4  # the client's copies of its fds 0 and 1 (zipapp
 MAX_LINE = 512
 PID_LIMIT = 1 << 22  # the kernel's pid_max can be at most 4194304
 MAX_IN_FLIGHT = 256  # taken and not yet answered; beyond, requests wait in the FIFO (~5 fds each)
+READ_SIZE = 4096  # FIFO bytes read at once: ~60 lines
 SWEEP_EVERY = 5.0  # seconds between looks for answer files nobody will remove
 WRITE_TIMEOUT = 5.0  # seconds for the client's runtime to take the result out of the stdout pipe
 LOST = "lost the request in the pycni node server after taking it; try again later"
@@ -245,16 +246,13 @@ class Spool:
         os.replace(tmp, f"{self.path}/{name}")
 
     def lines(self) -> List[str]:
-        """The whole lines clients wrote so far; an overlong line (no client writes one) is dropped."""
+        """Whole lines from one read of up to READ_SIZE bytes (the selector reports the rest, so the
+        in-flight cap holds within a read's worth); an overlong line (no client writes one) is dropped."""
         data = self.partial
-        while True:
-            try:
-                chunk = os.read(self.fd, 1 << 16)
-            except (BlockingIOError, InterruptedError):
-                break
-            if not chunk:
-                break
-            data += chunk
+        try:
+            data += os.read(self.fd, READ_SIZE)
+        except (BlockingIOError, InterruptedError):
+            pass
         *whole, self.partial = data.split(b"\n")
         if len(self.partial) > MAX_LINE:
             self.partial = b""

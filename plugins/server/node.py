@@ -26,6 +26,7 @@ import array
 import errno
 import gc
 import os
+import resource
 import select
 import selectors
 import signal
@@ -56,6 +57,16 @@ READY = b"R"  # worker -> server on its channel: answered, state unchanged, read
 # An idle worker copies its pages (~10 ms of CPU) only after idling this long: the youngest idle
 # worker gets the next request, and back-to-back requests (ADD then DEL) then skip the copy.
 POPULATE_AFTER = 0.05
+
+
+def raise_descriptor_limit() -> None:
+    """Soft RLIMIT_NOFILE up to the hard one: a burst holds a few descriptors per request in
+    flight (socket or handoff), and some runtimes start containers with a soft limit of 1024."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = 1 << 20 if hard == resource.RLIM_INFINITY else hard  # the kernel's nr_open default
+    if soft != resource.RLIM_INFINITY and soft < target:
+        with suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
 
 
 def check_sysctl_root() -> None:
@@ -176,6 +187,7 @@ class Server:
 
     def serve_forever(self) -> int:
         check_sysctl_root()
+        raise_descriptor_limit()
         warm_up()  # every plugin of the table and what its verbs import lazily: forked workers start warm
         self.madvise = madvise_function()
         self.listener = self.listen()
