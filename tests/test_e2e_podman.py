@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 from dns_helpers import free_subnet, kill_servers, server_pids
+from server_helpers import status
 from helpers import ROOT, sh, unique
 from podman_helpers import Podman
 from test_image import RUN, chart_security_flags, image  # noqa: F401 (fixtures)
@@ -152,6 +153,25 @@ def test_default_conflist_two_containers_ping_resolve_and_clean_up(node: Node) -
     records = node.dns_state / node.network / "records.json"
     assert not records.exists() or all(cid not in records.read_text() for cid in ids)
     assert server_pids(node.dns_state) == [], "the DNS server is gone after the last container"
+
+
+def test_podman_hands_plugin_execs_to_the_node_server(node: Node, start_server) -> None:
+    """A real runtime's execs (Go's exec: pipes, its whole environment) go through the sh handoff:
+    podman run's ADDs of pycni-bridge and pycni-dns are handed over (none comes over the socket)
+    and the container works. Its DELs may come from conmon's `podman container cleanup`, which
+    does not pass PYCNI_SERVER_SOCKET on (a node needs none: the default path is the chart's)."""
+    path = start_server()
+    node.podman.env["PYCNI_SERVER_SOCKET"] = str(path)
+    subnet = free_subnet()
+    node.install(node.template(), str(subnet))
+    before = status(path)
+    a = unique("h")
+    start(node, a)
+    exec_in(node, a, "ping", "-c", "1", "-W", "3", str(subnet.network_address + 1))
+    handed, served = (status(path)[k] - before[k] for k in ("handed", "served"))
+    assert handed >= 2 and served == handed
+    node.podman("rm", "-f", "-t", "0", a)
+    assert node.reservations() == [] and host_veths(node.bridge) == []
 
 
 @pytest.mark.standalone_only  # the image's own server path is covered in test_image
