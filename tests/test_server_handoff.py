@@ -11,17 +11,18 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Dict, Iterator, List, Tuple
+from typing import Callable, Dict, Iterator, List, Tuple
 
 import pytest
 
-from helpers import alive, exec_plugin, start_node_server, wait_until
+from helpers import alive, exec_plugin, start_node_server, unique, wait_until
 from pycni.plugins.server.handoff import SUFFIX, handoff_supported
 from server_helpers import host_local, host_local_conf, host_local_env, status
 
@@ -108,6 +109,8 @@ def setup(bin_dir: Path, tmp_path: Path, start_server, make_netns):
         netns = make_netns()
         call = host_local(bin_dir, path, netns, tmp_path / "ipam", SUBNET)
         assert call("ADD", "first")[1] == 0
+        # Its worker says READY after the answer: "busy" counts only what a test starts from here on.
+        wait_until(lambda: status(path)["busy"] == 0, what="the first request's worker idle again")
         return path, netns, call
 
     return make
@@ -147,11 +150,12 @@ def test_a_request_the_server_did_not_take_runs_in_process_once(bin_dir: Path, t
 
 @pytest.mark.parametrize("restart", [False, True], ids=["server-gone", "server-restarted"])
 def test_a_taken_request_is_never_run_in_process(bin_dir: Path, tmp_path: Path, setup, restart: bool) -> None:
-    """The server took the request, then died with it: the client says code 11 (it may have run)
-    and never runs it itself. A server started meanwhile answers its `wait` line at once."""
+    """The server took the request, then died with it: at its accept deadline the client finds the
+    request taken and that server gone, and says code 11 (it may have run) at once, well before its
+    60 s answer deadline; it never runs the request itself. The dead server's file goes with the
+    next server: at its start, or in its sweep once the client exited."""
     path, netns, _ = setup()
-    env = host_local_env(path, netns, "ADD", "orphan", PYCNI_SERVER_ACCEPT_TIMEOUT="1",
-                         PYCNI_SERVER_TIMEOUT="60" if restart else "2")
+    env = host_local_env(path, netns, "ADD", "orphan", PYCNI_SERVER_ACCEPT_TIMEOUT="1", PYCNI_SERVER_TIMEOUT="60")
     with store_locked(tmp_path / "ipam"):
         client = spawn(bin_dir, env, host_local_conf(tmp_path / "ipam", SUBNET))
         wait_until(lambda: status(path)["busy"] == 1, what="the request running in a worker")
@@ -161,17 +165,34 @@ def test_a_taken_request_is_never_run_in_process(bin_dir: Path, tmp_path: Path, 
         successor = start_node_server(path) if restart else None  # on the dead server's path
         out, rc, took = finish(client)
     assert (rc, out["code"]) == (1, 11), out
-    assert took < 30  # with a new server: well before the 60 s answer deadline
+    assert took < 30
     assert "orphan" not in leases(tmp_path / "ipam").values()  # killed in the worker, never run in-process
-    if not restart:  # the next server sweeps what the dead one left
+    if successor is None:
         assert len(spool_files(path)) == 1  # the dead server's take of the request
-        sweeper = start_node_server(path)
-        sweeper.terminate()
-        sweeper.wait(timeout=30)
+        successor = start_node_server(path)
     wait_until(lambda: spool_files(path) == [], what="the answer file removed")
-    if successor is not None:
-        successor.terminate()
-        successor.wait(timeout=30)
+    successor.terminate()
+    successor.wait(timeout=30)
+
+
+def test_a_new_server_answers_the_wait_line_of_a_request_it_does_not_know(setup) -> None:
+    """A client whose request a previous server took, and that saw a live server when it looked,
+    waits on a second watchdog: the server it finds answers that `wait` line at once (kills the
+    watchdog), and removes the answer file when the client exits."""
+    path, _, _ = setup()
+    client = subprocess.Popen(["sh", "-c", "sleep 60 & echo $!; wait"], stdout=subprocess.PIPE)
+    try:
+        assert client.stdout is not None
+        watchdog = int(client.stdout.readline())
+        start = open(f"/proc/{client.pid}/stat").read().rsplit(")", 1)[1].split()[19]
+        (spool(path) / f"{client.pid}.{start}").touch()  # what the previous server's take left
+        with open(spool(path) / "requests", "w") as fifo:
+            fifo.write(f"{client.pid} {start} {watchdog} wait\n")
+        assert client.wait(timeout=20) == 0  # its watchdog killed: `wait` returned
+    finally:
+        client.kill()
+        client.wait()
+    wait_until(lambda: spool_files(path) == [], what="the answer file removed as the client exits")
 
 
 def test_a_client_killed_while_queued_leaves_nothing(bin_dir: Path, tmp_path: Path, setup) -> None:
@@ -342,44 +363,48 @@ def test_a_stopping_server_finishes_what_it_took_and_withdraws_the_spool(bin_dir
     wait_until(lambda: not alive(server), what="the server exits once drained")
 
 
+@pytest.fixture
+def server_under(tmp_path: Path) -> Iterator[Callable[..., Path]]:
+    """Start servers whose Python runs under a wrapper command (what a runtime imposes: capabilities, limits)."""
+    procs: List[subprocess.Popen] = []
+
+    def start(*wrapper: str) -> Path:
+        script = tmp_path / unique("python-under")
+        script.write_text(f'#!/bin/sh\nexec {" ".join(map(shlex.quote, wrapper))} {sys.executable} "$@"\n')
+        script.chmod(0o755)
+        path = tmp_path / unique("srv") / "server.sock"
+        procs.append(start_node_server(path, python=str(script)))
+        return path
+
+    yield start
+    for proc in procs:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
 @pytest.mark.parametrize("ptrace", [True, False], ids=["chart-caps", "without-SYS_PTRACE"])
-def test_the_charts_capabilities_suffice(bin_dir: Path, tmp_path: Path, make_netns, ptrace: bool) -> None:
+def test_the_charts_capabilities_suffice(bin_dir: Path, tmp_path: Path, make_netns, server_under,
+                                         ptrace: bool) -> None:
     """The chart's unprivileged server has NET_ADMIN, SYS_ADMIN, NET_BIND_SERVICE and SYS_PTRACE,
     which reading a root client's /proc/<pid>/environ and fds takes (its capabilities are more
     than the server's). Without SYS_PTRACE the server declines and the client runs in-process."""
     caps = "-all,+net_admin,+sys_admin,+net_bind_service" + (",+sys_ptrace" if ptrace else "")
-    wrapper = tmp_path / "python-with-chart-caps"
-    wrapper.write_text(f'#!/bin/sh\nexec setpriv --bounding-set {caps} {sys.executable} "$@"\n')
-    wrapper.chmod(0o755)
-    path = tmp_path / "srv" / "server.sock"
-    proc = start_node_server(path, python=str(wrapper))
-    try:
-        call = host_local(bin_dir, path, make_netns(), tmp_path / "ipam", SUBNET)
-        before = status(path)
-        out, rc = call("ADD", "caps")
-        assert rc == 0 and out["ips"], out
-        after = status(path)
-        assert (after["served"] - before["served"], after["handed"] - before["handed"]) == (1, 1 if ptrace else 0)
-        # Without it the server withdraws the spool: the next request comes over the socket.
-        assert (spool(path) / "server").exists() is ptrace
-        assert call("DEL", "caps")[1] == 0
-        assert status(path)["served"] - after["served"] == 1
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+    path = server_under("setpriv", "--bounding-set", caps)
+    call = host_local(bin_dir, path, make_netns(), tmp_path / "ipam", SUBNET)
+    before = status(path)
+    out, rc = call("ADD", "caps")
+    assert rc == 0 and out["ips"], out
+    after = status(path)
+    assert (after["served"] - before["served"], after["handed"] - before["handed"]) == (1, 1 if ptrace else 0)
+    # Without it the server withdraws the spool: the next request comes over the socket.
+    assert (spool(path) / "server").exists() is ptrace
+    assert call("DEL", "caps")[1] == 0
+    assert status(path)["served"] - after["served"] == 1
 
 
-def test_the_server_raises_its_soft_descriptor_limit(tmp_path: Path) -> None:
+def test_the_server_raises_its_soft_descriptor_limit(server_under) -> None:
     """A burst holds a few descriptors per request in flight; a runtime may start the container
     with a soft limit of 1024: the server lifts it to the hard limit."""
-    wrapper = tmp_path / "python-with-1024-fds"
-    wrapper.write_text(f'#!/bin/sh\nexec prlimit --nofile=1024:8192 {sys.executable} "$@"\n')
-    wrapper.chmod(0o755)
-    path = tmp_path / "srv" / "server.sock"
-    proc = start_node_server(path, python=str(wrapper))
-    try:
-        limits = Path(f"/proc/{server_pid(path)}/limits").read_text().splitlines()
-        assert [line.split()[3:5] for line in limits if line.startswith("Max open files")] == [["8192", "8192"]]
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+    path = server_under("prlimit", "--nofile=1024:8192")
+    limits = Path(f"/proc/{server_pid(path)}/limits").read_text().splitlines()
+    assert [line.split()[3:5] for line in limits if line.startswith("Max open files")] == [["8192", "8192"]]

@@ -16,10 +16,10 @@ pycni_handoff() {
 	h=$s.handoff
 	q=$h/requests
 	[ -p "$q" ] && [ -O "$q" ] && [ -O "$h" ] || return 1
-	{ read -r p t <"$h/server" && read -r x <"/proc/$p/stat"; } 2>/dev/null || return 1
-	set -- ${x##*) }
-	[ "${20}" = "$t" ] || return 1 # a spool its server left behind
-	read -r x <"/proc/$$/stat" && set -- ${x##*) } && t=${20} && f=$h/$$.$t || return 1
+	{ read -r p t <"$h/server" && pycni_started "$p"; } 2>/dev/null || return 1
+	[ "$x" = "$t" ] || return 1 # a spool its server left behind
+	ps=$t
+	pycni_started $$ && t=$x && f=$h/$$.$t || return 1
 	# The server opens stdin and stdout as fds 3 and 4: a builtin's redirection (the printf below)
 	# swaps fd 1 for a moment. A closed stdin fails this, and the server declines then.
 	{ command exec 3<&0 4>&1; } 2>/dev/null
@@ -32,13 +32,23 @@ pycni_handoff() {
 	[ "$c" = D ] && pycni_in_process && return 1
 	set -C # create-or-fail: whichever of this shell and the server makes the file first owns the request
 	{ true >"$f"; } 2>/dev/null && { set +C; pycni_in_process; return 1; } # not ":": a special builtin failing a redirection ends the shell
-	set +C # the server has it: wait for the answer, or say it may have run
+	set +C # the server has it: wait for the answer, or say it may have run (at once if that server is gone)
+	{ pycni_started "$p"; } 2>/dev/null && [ "$x" = "$ps" ] || { pycni_answered && exit "$c"; pycni_lost; }
 	sleep "${PYCNI_SERVER_TIMEOUT:-30}" </dev/null >/dev/null 2>&1 3<&- 4>&- &
 	w=$!
 	printf '%s %s %s wait\n' $$ "$t" $w 2>/dev/null 1<>"$q"
 	{ wait $w; } 2>/dev/null # dash reports the killed sleep otherwise
 	pycni_answered && exit "$c"
 	[ "$c" = D ] && pycni_in_process && return 1
+	pycni_lost
+}
+pycni_started() { # x = the start time of process $1 (field 22 of its stat); fails when it is gone or a zombie
+	read -r x <"/proc/$1/stat" || return 1
+	set -- ${x##*) }
+	x=${20}
+	case $1 in Z | X) return 1 ;; esac
+}
+pycni_lost() {
 	printf '{"cniVersion": "1.1.0", "code": 11, "msg": "%s"}\n' "lost the pycni node server after it took the request; try again later"
 	exit 1
 }
