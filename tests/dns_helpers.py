@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
-from helpers import REFERENCE_BIN, alive, exec_plugin, in_netns, netns_path, plugin_env, sh, unique
+from helpers import REFERENCE_BIN, alive, exec_plugin, in_netns, netns_path, plugin_env, sh, stat_fields, unique
 
 SERVER_MARKER = b"pycni.plugins.meta.dns.server"
 
@@ -39,11 +39,11 @@ def server_processes(state_dir: Path) -> Dict[int, int]:
             continue
         try:
             args = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
-            stat = Path(f"/proc/{entry}/stat").read_text()
+            parent = int(stat_fields(entry)[1])
         except OSError:
             continue
         if any(SERVER_MARKER in a for a in args) and any(a.startswith(needle) for a in args):
-            out[int(entry)] = int(stat.rsplit(")", 1)[1].split()[1])
+            out[int(entry)] = parent
     return out
 
 

@@ -77,13 +77,18 @@ def probe(port: int, path: str, host: str = "127.0.0.1", timeout: float = 5.0) -
     return resp.status_code, resp.text
 
 
+def stat_fields(pid: object) -> List[str]:
+    """/proc/<pid>/stat after the command name: [0] the state, [1] the parent pid, [19] the start time
+    (fields 3, 4 and 22 of proc(5)). OSError when there is no such process."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
 def alive(pid: int) -> bool:
     """Running and not a zombie."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat_fields(pid)[0] != "Z"
     except OSError:
         return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def log_events(path: Path, event: Optional[str] = None) -> List[Dict[str, Any]]:

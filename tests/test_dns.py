@@ -20,7 +20,7 @@ from dns_helpers import (
     DnsNetwork, Upstream, alive, dig, dnsperf, free_subnet, kill_servers, outsider, random_frames,
     server_pids, server_processes, tcp_frame, udp_query, wait_until, worker_pids,
 )
-from helpers import in_netns, log_events, netns_path, unique
+from helpers import in_netns, log_events, netns_path, stat_fields, unique
 
 pytestmark = pytest.mark.kernel
 
@@ -130,7 +130,7 @@ def test_server_is_detached_and_survives_the_plugin(make_network):
     net = make_network()
     a = net.attach("alpha")
     pid = net.pid()
-    stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    stat = stat_fields(pid)
     ppid, pgid, sid = int(stat[1]), int(stat[2]), int(stat[3])
     assert pgid != os.getpgid(0) and sid != os.getsid(0)
     assert sid != pid, "not a session leader (double fork): it can never get a controlling terminal"

@@ -22,7 +22,7 @@ from typing import Callable, Dict, Iterator, List, Tuple
 
 import pytest
 
-from helpers import alive, exec_plugin, start_node_server, unique, wait_until
+from helpers import alive, exec_plugin, start_node_server, stat_fields, unique, wait_until
 from pycni.plugins.server.handoff import SUFFIX, handoff_supported
 from server_helpers import host_local, host_local_conf, host_local_env, status
 
@@ -50,11 +50,15 @@ def workers_of(pid: int) -> List[int]:
     found = []
     for entry in os.scandir("/proc"):
         try:
-            if entry.name.isdigit() and open(f"/proc/{entry.name}/stat").read().rsplit(")", 1)[1].split()[1] == str(pid):
+            if entry.name.isdigit() and stat_fields(entry.name)[1] == str(pid):
                 found.append(int(entry.name))
         except (OSError, IndexError):
             continue
     return found
+
+
+def start_time(pid: int) -> str:
+    return stat_fields(pid)[19]
 
 
 def watchdogs() -> List[int]:
@@ -184,7 +188,7 @@ def test_a_new_server_answers_the_wait_line_of_a_request_it_does_not_know(setup)
     try:
         assert client.stdout is not None
         watchdog = int(client.stdout.readline())
-        start = open(f"/proc/{client.pid}/stat").read().rsplit(")", 1)[1].split()[19]
+        start = start_time(client.pid)
         (spool(path) / f"{client.pid}.{start}").touch()  # what the previous server's take left
         with open(spool(path) / "requests", "w") as fifo:
             fifo.write(f"{client.pid} {start} {watchdog} wait\n")
@@ -309,7 +313,7 @@ def test_files_of_gone_clients_are_swept_while_live_ones_stay(setup) -> None:
     path, _, _ = setup()
     live = subprocess.Popen(["sleep", "60"])
     try:
-        live_name = f"{live.pid}." + open(f"/proc/{live.pid}/stat").read().rsplit(")", 1)[1].split()[19]
+        live_name = f"{live.pid}.{start_time(live.pid)}"
         for name in ("4194303.1", live_name):
             (spool(path) / name).touch()
         wait_until(lambda: spool_files(path) == [live_name], timeout=20, what="the gone client's file swept")
@@ -329,8 +333,7 @@ def test_lines_naming_other_processes_are_ignored(tmp_path: Path, setup) -> None
     try:
         wait_until(lambda: open(f"/proc/{victim.pid}/cmdline", "rb").read().startswith(b"sleep\0"),
                    what="setpriv's exec of sleep, as nobody")
-        start = open(f"/proc/{victim.pid}/stat").read().rsplit(")", 1)[1].split()[19]
-        own_start = open(f"/proc/{mine.pid}/stat").read().rsplit(")", 1)[1].split()[19]
+        start, own_start = start_time(victim.pid), start_time(mine.pid)
         before = status(path)
         with open(spool(path) / "requests", "w") as fifo:
             fifo.write(f"{victim.pid} {start} {victim.pid} pycni-host-local x\n")

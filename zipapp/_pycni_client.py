@@ -14,7 +14,8 @@ import posix
 import sys
 
 from _pycni_wire import (ACCEPT_TIMEOUT, ACCEPT_TIMEOUT_ENV, ACCEPTED, ANSWER_TIMEOUT, ANSWER_TIMEOUT_ENV, CREDS,
-                         DECLINED, DEFAULT_SOCKET, SOCKET_ENV, TIMED_OUT, WireError, encode_request, read_response)
+                         DECLINED, DEFAULT_SOCKET, SOCKET_ENV, STOPPED, TIMED_OUT, WireError, encode_request,
+                         read_response, try_again_later)
 
 LOST = "lost the connection to the pycni node server after sending the request; try again later"
 
@@ -40,14 +41,9 @@ def _seconds(environ, name, default):
 
 
 def _try_again_later(stdin, msg=LOST):
-    import json
-
-    try:
-        version = json.loads(stdin).get("cniVersion") or "1.1.0"
-    except Exception:
-        version = "1.1.0"
-    sys.stdout.write(json.dumps({"cniVersion": version, "code": 11, "msg": msg}) + "\n")
-    sys.stdout.flush()
+    out = sys.stdout.buffer
+    out.write(try_again_later(stdin, msg))
+    out.flush()
     posix._exit(1)
 
 
@@ -127,7 +123,7 @@ def handle_via_server(plugin, code_id):
     if code == DECLINED:
         return stdin
     if code == TIMED_OUT:
-        _try_again_later(stdin, "the pycni node server stopped this request at its run deadline; try again later")
+        _try_again_later(stdin, STOPPED)
     out = sys.stdout.buffer
     out.write(stdout)
     out.flush()

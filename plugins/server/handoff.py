@@ -26,15 +26,15 @@ client's: the worker gets one end of a socketpair, and the server relays its ans
 """
 from __future__ import annotations
 
-import json
 import os
 import selectors
 import signal
 import socket
 import stat
 import sys
-from contextlib import suppress
-from typing import Callable, Container, Dict, List, Mapping, Optional, Tuple
+import time
+from contextlib import contextmanager, suppress
+from typing import Callable, Container, Dict, Iterator, List, Mapping, Optional, Tuple
 
 from pycni.plugins.server import wire
 
@@ -47,7 +47,6 @@ READ_SIZE = 4096  # FIFO bytes read at once: ~60 lines
 SWEEP_EVERY = 5.0  # seconds between looks for answer files nobody will remove
 WRITE_TIMEOUT = 5.0  # seconds for the client's runtime to take the result out of the stdout pipe
 LOST = "lost the request in the pycni node server after taking it; try again later"
-STOPPED = "the pycni node server stopped this request at its run deadline; try again later"
 STDIN_UNREAD = "the pycni node server could not read the request's stdin in time; try again later"
 
 Key = Tuple[int, int]  # (pid, starttime): one process, for this boot
@@ -81,6 +80,16 @@ def _read_file(name: str, dir_fd: Optional[int] = None, limit: int = 1 << 16) ->
         os.close(fd)
 
 
+@contextmanager
+def proc_dir(pid: object) -> Iterator[int]:
+    """A descriptor of /proc/<pid>: what is read through it is that process's, even once its pid is reused."""
+    fd = os.open(f"/proc/{pid}", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+
+
 def proc_stat(proc: int) -> Tuple[int, int]:
     """(parent pid, start time in clock ticks since boot) of the process behind a /proc/<pid> descriptor."""
     fields = _read_file("stat", proc).rpartition(b")")[2].split()
@@ -88,11 +97,8 @@ def proc_stat(proc: int) -> Tuple[int, int]:
 
 
 def own_start() -> int:
-    proc = os.open("/proc/self", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
+    with proc_dir("self") as proc:
         return proc_stat(proc)[1]
-    finally:
-        os.close(proc)
 
 
 def _euid(proc: int) -> int:
@@ -106,14 +112,7 @@ def _euid(proc: int) -> int:
 def _environ(proc: int) -> Optional[Dict[str, str]]:
     """The environment the client was exec'd with; None when it is too large to hand over."""
     raw = _read_file("environ", proc, wire.MAX_ENV)
-    if len(raw) > wire.MAX_ENV:
-        return None
-    environ = {}
-    for entry in raw.split(b"\0"):
-        key, sep, value = entry.decode("utf-8", "surrogateescape").partition("=")
-        if sep and key:
-            environ[key] = value
-    return environ
+    return wire.decode_environ(raw, strict=False) if len(raw) <= wire.MAX_ENV else None
 
 
 def _open_pipe(proc: int, fd: int, flags: int) -> Optional[int]:
@@ -138,15 +137,6 @@ def _stdin(proc: int) -> Tuple[bool, Optional[int]]:
         return True, None
     pipe = _open_pipe(proc, STDIN_COPY, os.O_RDONLY)
     return pipe is not None, pipe
-
-
-def _error_result(stdin: bytes, msg: str) -> bytes:
-    """A CNI code-11 error in the request's cniVersion, as the Python client writes one."""
-    try:
-        version = json.loads(stdin).get("cniVersion") or "1.1.0"
-    except Exception:  # noqa: BLE001 - any stdin at all
-        version = "1.1.0"
-    return (json.dumps({"cniVersion": version, "code": 11, "msg": msg}) + "\n").encode()
 
 
 class Handoff:
@@ -226,16 +216,10 @@ class Spool:
             if not (dot and pid.isdigit() and start.isdigit()) or name in known:
                 continue
             try:
-                proc = os.open(f"/proc/{pid}", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-            except OSError:
-                proc = -1
-            try:
-                alive = proc >= 0 and proc_stat(proc)[1] == int(start)
+                with proc_dir(pid) as proc:
+                    alive = proc_stat(proc)[1] == int(start)
             except (OSError, ValueError, IndexError):
                 alive = False
-            finally:
-                if proc >= 0:
-                    os.close(proc)
             if not alive:
                 _remove(f"{self.path}/{name}")
 
@@ -289,7 +273,7 @@ class Handoffs:
         self.sent = 0  # of those, the ones sent to a worker
         self.euid = os.geteuid()
         self.withdrawn = False
-        self.swept_at = _now()
+        self.swept_at = time.monotonic()
         self.listening = False
         self._listen()
 
@@ -332,30 +316,46 @@ class Handoffs:
         key = (pid, start)
         if key in self.clients:
             return  # a repeated line: that request is taken already
+        try:
+            with proc_dir(pid) as proc:
+                handoff = self._bind(key, proc)
+                if handoff is not None:
+                    self._take_bound(handoff, proc, watchdog, plugin, code_id)
+        except OSError:  # no /proc/<pid>: the client is gone (it took the request back, or was killed)
+            _remove(f"{self.spool.path}/{pid}.{start}")
+
+    def _bind(self, key: Key, proc: int) -> Optional[Handoff]:
+        """A Handoff holding a pidfd of the client `key` (its /proc dir: `proc`), when that process is
+        still it and runs as our user; else None, and the answer file of a client that is gone is removed."""
         handoff = Handoff(key, self.spool.path)
         try:
-            proc = os.open(f"/proc/{pid}", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        except OSError:
-            _remove(handoff.answer_path)  # the client is gone: it took the request back, or was killed
-            return
-        try:
-            handoff.pidfd = os.pidfd_open(pid)
+            handoff.pidfd = os.pidfd_open(key[0])
             started = proc_stat(proc)[1]
-            if started != start or _euid(proc) != self.euid:
-                handoff.close_fds()  # not that client (its pid reused), or not our user: not ours to run
-                if started != start:
-                    _remove(handoff.answer_path)
-                return
-            handoff.watchdog = _watchdog(pid, watchdog)
+            if started == key[1] and _euid(proc) == self.euid:
+                return handoff
+        except (OSError, ValueError, IndexError):
+            started = key[1]
+        handoff.close_fds()  # not that client (its pid reused), or not our user: not ours to run
+        if started != key[1]:
+            _remove(handoff.answer_path)
+        return None
+
+    def _track(self, handoff: Handoff) -> None:
+        self.clients[handoff.key] = handoff
+        self.selector.register(handoff.pidfd, selectors.EVENT_READ, lambda: self._gone(handoff))
+
+    def _take_bound(self, handoff: Handoff, proc: int, watchdog: int, plugin: str, code_id: str) -> None:
+        key = handoff.key
+        try:
+            handoff.watchdog = _watchdog(key[0], watchdog)
             try:
                 os.close(os.open(handoff.answer_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
             except FileExistsError:  # the client took it back at its accept deadline and runs it itself
                 handoff.close_fds()
                 _remove(handoff.answer_path)
                 return
-            self.clients[key] = handoff
+            self._track(handoff)
             self.taken += 1
-            self.selector.register(handoff.pidfd, selectors.EVENT_READ, lambda: self._gone(handoff))
             self._prepare(handoff, proc, plugin, code_id)
         except (OSError, ValueError, IndexError) as e:
             if isinstance(e, PermissionError):
@@ -365,9 +365,7 @@ class Handoffs:
             elif not handoff.request:  # nothing of its stdin consumed: it may still run in-process
                 self._finish(handoff, wire.DECLINED, b"")
             elif not handoff.answered:
-                self._finish(handoff, 1, _error_result(bytes(handoff.request), f"{LOST} ({e})"))
-        finally:
-            os.close(proc)
+                self._finish(handoff, 1, wire.try_again_later(bytes(handoff.request), f"{LOST} ({e})"))
 
     def _prepare(self, handoff: Handoff, proc: int, plugin: str, code_id: str) -> None:
         environ = _environ(proc)
@@ -389,7 +387,7 @@ class Handoffs:
         if stdin is None:
             self._send(handoff)
             return
-        handoff.deadline = _now() + self.read_timeout
+        handoff.deadline = time.monotonic() + self.read_timeout
         self.selector.register(stdin, selectors.EVENT_READ, lambda: self._read_stdin(handoff))
         self._read_stdin(handoff)  # the runtime wrote it before exec, as a rule: no wait for the selector
 
@@ -420,23 +418,13 @@ class Handoffs:
     def _adopt(self, key: Key) -> Optional[Handoff]:
         """A live client of ours whose request a previous server took: answered, with nothing to say."""
         try:
-            proc = os.open(f"/proc/{key[0]}", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            with proc_dir(key[0]) as proc:
+                handoff = self._bind(key, proc)
         except OSError:
             return None
-        handoff = Handoff(key, self.spool.path)
-        try:
-            handoff.pidfd = os.pidfd_open(key[0])
-            if proc_stat(proc)[1] != key[1] or _euid(proc) != self.euid:
-                handoff.close_fds()
-                return None
-        except (OSError, ValueError, IndexError):
-            handoff.close_fds()
-            return None
-        finally:
-            os.close(proc)
-        handoff.answered = True
-        self.clients[key] = handoff
-        self.selector.register(handoff.pidfd, selectors.EVENT_READ, lambda: self._gone(handoff))
+        if handoff is not None:
+            handoff.answered = True
+            self._track(handoff)
         return handoff
 
     # -- the request's way through ---------------------------------------------------
@@ -455,13 +443,13 @@ class Handoffs:
             handoff.request += chunk
             if len(handoff.request) > wire.MAX_STDIN:
                 self._stdin_done(handoff)
-                self._finish(handoff, 1, _error_result(b"", STDIN_UNREAD))
+                self._finish(handoff, 1, wire.try_again_later(b"", STDIN_UNREAD))
                 return
         self._stdin_done(handoff)
         try:
             self._send(handoff)
         except OSError as e:  # out of descriptors, say: stdin is read, so never in-process now
-            self._finish(handoff, 1, _error_result(bytes(handoff.request), f"{LOST} ({e})"))
+            self._finish(handoff, 1, wire.try_again_later(bytes(handoff.request), f"{LOST} ({e})"))
 
     def _stdin_done(self, handoff: Handoff) -> None:
         self.selector.unregister(handoff.stdin)
@@ -491,9 +479,9 @@ class Handoffs:
         if not (chunk and not whole):
             stdin = bytes(handoff.request)
             if not whole:
-                self._finish(handoff, 1, _error_result(stdin, LOST))  # the worker died
+                self._finish(handoff, 1, wire.try_again_later(stdin, LOST))  # the worker died
             elif code == wire.TIMED_OUT:
-                self._finish(handoff, 1, _error_result(stdin, STOPPED))
+                self._finish(handoff, 1, wire.try_again_later(stdin, wire.STOPPED))
             else:
                 self._finish(handoff, code, bytes(handoff.response[size:size + length]))
 
@@ -507,7 +495,7 @@ class Handoffs:
         handoff.answered = True
         handoff.code = "D" if code == wire.DECLINED else str(code)
         handoff.result = result
-        handoff.deadline = _now() + WRITE_TIMEOUT
+        handoff.deadline = time.monotonic() + WRITE_TIMEOUT
         self._write_result(handoff, registered=False)
         self._listen()
 
@@ -565,7 +553,7 @@ class Handoffs:
         for handoff in [h for h in self.clients.values() if now >= h.deadline]:
             if handoff.stdin >= 0:
                 self._stdin_done(handoff)
-                self._finish(handoff, 1, _error_result(b"", STDIN_UNREAD))
+                self._finish(handoff, 1, wire.try_again_later(b"", STDIN_UNREAD))
             elif handoff.stdout >= 0:
                 self.selector.unregister(handoff.stdout)
                 self._release(handoff)
@@ -589,12 +577,9 @@ def _watchdog(client: int, pid: int) -> int:
     except OSError:
         return -1
     try:
-        proc = os.open(f"/proc/{pid}", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
+        with proc_dir(pid) as proc:
             if proc_stat(proc)[0] == client:
                 return fd
-        finally:
-            os.close(proc)
     except (OSError, ValueError, IndexError):
         pass
     os.close(fd)
@@ -604,9 +589,3 @@ def _watchdog(client: int, pid: int) -> int:
 def _remove(path: str) -> None:
     with suppress(FileNotFoundError):
         os.unlink(path)
-
-
-def _now() -> float:
-    import time
-
-    return time.monotonic()

@@ -39,8 +39,35 @@ ACCEPT_TIMEOUT_ENV, ACCEPT_TIMEOUT = "PYCNI_SERVER_ACCEPT_TIMEOUT", 5.0
 ANSWER_TIMEOUT_ENV, ANSWER_TIMEOUT = "PYCNI_SERVER_TIMEOUT", 30.0
 
 
+STOPPED = "the pycni node server stopped this request at its run deadline; try again later"
+
+
 class WireError(Exception):
     """A malformed or oversized message."""
+
+
+def try_again_later(stdin, msg):
+    """The stdout of a CNI code-11 error ("try again later") in the request's cniVersion."""
+    import json  # on this rare path only: the thin client's own path never imports json
+
+    try:
+        version = json.loads(stdin).get("cniVersion") or "1.1.0"
+    except Exception:
+        version = "1.1.0"
+    return (json.dumps({"cniVersion": version, "code": 11, "msg": msg}) + "\n").encode()
+
+
+def decode_environ(blob, strict=True):
+    """The environment from KEY=VALUE entries separated by NUL (a request's, or /proc/<pid>/environ).
+    A bad entry is a WireError when strict; else it is skipped (/proc's ends in a NUL)."""
+    environ = {}
+    for entry in blob.split(b"\0") if blob else []:
+        key, sep, value = entry.decode("utf-8", "surrogateescape").partition("=")
+        if sep and key:
+            environ[key] = value
+        elif strict:
+            raise WireError("bad environment entry")
+    return environ
 
 
 def own_netns():
@@ -109,13 +136,7 @@ def decode_request(data):
     if len(meta) not in (2, 3) or not meta[0]:
         raise WireError("bad request meta")
     netns = meta[2] if len(meta) == 3 else ""
-    environ = {}
-    for entry in data[env_at:stdin_at].split(b"\0") if env_len else []:
-        key, sep, value = entry.decode("utf-8", "surrogateescape").partition("=")
-        if not sep or not key:
-            raise WireError("bad environment entry")
-        environ[key] = value
-    return meta[0], meta[1], environ, data[stdin_at:], netns
+    return meta[0], meta[1], decode_environ(data[env_at:stdin_at]), data[stdin_at:], netns
 
 
 def read_request(sock):
